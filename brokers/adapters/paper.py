@@ -1,0 +1,130 @@
+"""The built-in paper broker: a simulated exchange that fills market orders immediately.
+
+Fill price, in order: the price the signal carried, the last known quote for the symbol, and for an
+index option with neither, a Black-Scholes estimate from the spot price (flat 15 % volatility, to the
+contract's expiry or a week out). Its order book (``PaperOrder``) is keyed by client order id, so
+placing the same client id twice returns the first fill, like a real broker's duplicate check.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from brokers.adapters.base import (
+    Balance,
+    BrokerAdapter,
+    BrokerPosition,
+    BrokerRejected,
+    OrderRequest,
+    OrderResult,
+)
+from brokers.models import Broker, PaperOrder, Position, Quote
+
+PAPER_VOLATILITY = 0.15
+OPTION_TICK = Decimal("0.05")
+
+
+def option_premium_estimate(*, spot: Decimal, strike: Decimal, option_type: str, expiry: date | None) -> Decimal:
+    """Black-Scholes price (no rates, no dividends) rounded to the exchange tick; never below one tick."""
+    days = max((expiry - timezone.localdate()).days, 1) if expiry else 7
+    t = days / 365.0
+    s, k, vol = float(spot), float(strike), PAPER_VOLATILITY
+    d1 = (math.log(s / k) + 0.5 * vol * vol * t) / (vol * math.sqrt(t))
+    d2 = d1 - vol * math.sqrt(t)
+    cdf = lambda x: 0.5 * (1 + math.erf(x / math.sqrt(2)))  # noqa: E731
+    if option_type == "CE":
+        value = s * cdf(d1) - k * cdf(d2)
+    else:
+        value = k * cdf(-d2) - s * cdf(-d1)
+    ticks = (Decimal(str(value)) / OPTION_TICK).quantize(Decimal("1"), rounding=ROUND_HALF_UP)
+    return max(ticks, Decimal("1")) * OPTION_TICK
+
+
+def quote_set(*, broker: str, symbol: str, price: Decimal) -> None:
+    Quote.objects.update_or_create(broker=broker, symbol=symbol,
+                                   defaults={"price": price, "updated_at": timezone.now()})
+
+
+class PaperAdapter(BrokerAdapter):
+    broker = Broker.PAPER
+
+    def _market_price(self, request: OrderRequest) -> Decimal:
+        if request.reference_price:
+            return request.reference_price
+        quote = Quote.objects.filter(broker=self.broker, symbol=request.symbol).values_list("price", flat=True).first()
+        if quote:
+            return quote
+        option = request.extra.get("option")
+        if option and option.get("spot"):
+            return option_premium_estimate(
+                spot=Decimal(option["spot"]), strike=Decimal(option["strike"]), option_type=option["option_type"],
+                expiry=date.fromisoformat(option["expiry"]) if option.get("expiry") else None,
+            )
+        raise BrokerRejected(
+            f"No price known for {request.symbol}: send the price in the alert (e.g. \"price\": {{{{close}}}})",
+            code="no_price",
+        )
+
+    def place_order(self, request: OrderRequest) -> OrderResult:
+        existing = PaperOrder.objects.filter(account=self.account, client_order_id=request.client_order_id).first()
+        if existing:
+            return self._result(existing)
+        market = self._market_price(request)
+        price = market
+        if request.order_type == "limit":
+            marketable = market <= request.price if request.side == "buy" else market >= request.price
+            if not marketable:
+                raise BrokerRejected(
+                    f"Paper broker fills only marketable limit orders: limit {request.price} vs last price {market}",
+                    code="limit_not_marketable",
+                )
+            price = request.price
+        elif request.order_type != "market":
+            raise BrokerRejected(f"Paper broker does not take {request.order_type} orders", code="unsupported_type")
+        try:
+            with transaction.atomic():
+                order = PaperOrder.objects.create(
+                    account=self.account, client_order_id=request.client_order_id, symbol=request.symbol,
+                    side=request.side, qty=request.qty, price=price,
+                )
+        except IntegrityError:  # the same client id placed concurrently: the first one wins
+            order = PaperOrder.objects.get(account=self.account, client_order_id=request.client_order_id)
+        quote_set(broker=self.broker, symbol=request.symbol, price=price)
+        return self._result(order)
+
+    @staticmethod
+    def _result(order: PaperOrder) -> OrderResult:
+        return OrderResult(broker_order_id=f"P{order.pk}", status="filled", filled_qty=order.qty,
+                           avg_price=order.price)
+
+    def cancel_order(self, *, client_order_id: str, broker_order_id: str = "", symbol: str = "") -> None:
+        raise BrokerRejected("Paper orders fill immediately; there is nothing open to cancel", code="not_open")
+
+    def order_status(self, *, client_order_id: str, symbol: str = "") -> OrderResult | None:
+        order = PaperOrder.objects.filter(account=self.account, client_order_id=client_order_id).first()
+        return self._result(order) if order else None
+
+    def positions(self) -> list[BrokerPosition]:
+        rows = Position.objects.filter(account=self.account, status=Position.Status.OPEN)
+        return [
+            BrokerPosition(symbol=p.symbol, qty=p.qty if p.side == Position.Side.LONG else -p.qty,
+                           avg_price=p.avg_price, last_price=p.last_price)
+            for p in rows
+        ]
+
+    def last_prices(self, symbols: list[str]) -> dict[str, Decimal]:
+        return dict(Quote.objects.filter(broker=self.broker, symbol__in=symbols).values_list("symbol", "price"))
+
+    def balance(self) -> Balance:
+        unrealized = sum((p.unrealized_pnl for p in Position.objects.filter(
+            account=self.account, status=Position.Status.OPEN)), Decimal("0"))
+        cash = self.account.balance
+        return Balance(currency=self.account.currency, cash=cash, equity=cash + unrealized)
+
+    def validate_credentials(self) -> None:
+        return None
