@@ -28,7 +28,7 @@ def _worker() -> str:
         return "ok (in-process)"
     from tradeflow.celery import app
 
-    replies = app.control.ping(timeout=0.5)
+    replies = app.control.ping(timeout=0.5, limit=1)
     return "ok" if replies else "no Celery worker answered within 0.5 s"
 
 
