@@ -140,10 +140,11 @@ class Execution(models.Model):
         PENDING = "pending", "Pending"
         RUNNING = "running", "Running"
         FILLED = "filled", "Filled"
+        PLACED = "placed", "Placed (open at broker)"
         REJECTED = "rejected", "Rejected"
         FAILED = "failed", "Failed"
 
-    TERMINAL = (Status.FILLED, Status.REJECTED, Status.FAILED)
+    TERMINAL = (Status.FILLED, Status.PLACED, Status.REJECTED, Status.FAILED)
 
     signal = models.ForeignKey("webhooks.Signal", null=True, blank=True, on_delete=models.CASCADE,
                                related_name="executions")

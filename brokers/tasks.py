@@ -1,23 +1,75 @@
 from __future__ import annotations
 
+import logging
 import random
+from datetime import timedelta
 
 from celery import shared_task
+from django.conf import settings
+from django.db.models import Q
+from django.utils import timezone
 
-from brokers.adapters.base import BrokerAmbiguous, BrokerTransient
+from brokers.adapters.base import BrokerAmbiguous, BrokerError, BrokerTransient
+from brokers.models import Execution
 from brokers.services.execution import execution_fail, execution_run
 
+log = logging.getLogger(__name__)
 MAX_RETRIES = 5
+
+
+def _too_late(execution_id: int, backoff: float) -> bool:
+    """A signal must not trade minutes late: past SIGNAL_MAX_DELAY_SECONDS it fails instead of retrying."""
+    created = Execution.objects.filter(pk=execution_id, kind=Execution.Kind.SIGNAL).values_list(
+        "created_at", flat=True).first()
+    if created is None:
+        return False
+    return timezone.now() + timedelta(seconds=backoff) - created > timedelta(seconds=settings.SIGNAL_MAX_DELAY_SECONDS)
 
 
 @shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=MAX_RETRIES)
 def execution_run_task(self, execution_id: int) -> None:
     """Run one execution. Redelivery and retries are safe: the service claims and reserves by id."""
     try:
-        execution_run(execution_id=execution_id)
+        execution = execution_run(execution_id=execution_id)
     except (BrokerTransient, BrokerAmbiguous) as exc:
-        if self.request.retries >= self.max_retries:
+        backoff = getattr(exc, "retry_after", None) or min(2 ** self.request.retries, 30)
+        if self.request.retries >= self.max_retries or _too_late(execution_id, backoff):
             execution_fail(execution_id=execution_id, error=exc)
             return
-        backoff = getattr(exc, "retry_after", None) or min(2 ** self.request.retries, 30)
         raise self.retry(exc=exc, countdown=backoff + random.uniform(0, 0.5)) from exc
+    except Exception as exc:
+        # A bug or an outage of our own (database, adapter missing): never leave the execution "running".
+        log.exception("execution %s crashed", execution_id)
+        if self.request.retries >= self.max_retries:
+            execution_fail(execution_id=execution_id, error=BrokerError(
+                f"internal error ({exc.__class__.__name__}); the operators have been alerted", code="internal_error"))
+            return
+        from brokers.services.execution import execution_release
+
+        execution_release(execution_id=execution_id)
+        raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+    if execution.status == Execution.Status.RUNNING and not self.request.is_eager:
+        # Another attempt holds the lease. After a lost worker (reject_on_worker_lost) the message is back
+        # at once, while the dead attempt's lease still runs: come back when it expires instead of dropping it.
+        left = (execution.lease_until - timezone.now()).total_seconds() if execution.lease_until else 0
+        raise self.retry(countdown=max(left, 0) + 1)
+
+
+@shared_task(ignore_result=True)
+def executions_sweep() -> int:
+    """Re-enqueue executions whose message was lost (a broker flush, a crash between commit and publish).
+
+    Pending for over a minute, or running with an expired lease. Claiming makes a double enqueue harmless.
+    """
+    now = timezone.now()
+    stuck = list(
+        Execution.objects.filter(
+            Q(status=Execution.Status.PENDING, created_at__lt=now - timedelta(seconds=60))
+            | Q(status=Execution.Status.RUNNING, lease_until__lt=now)
+        ).values_list("pk", flat=True)[:500]
+    )
+    for pk in stuck:
+        execution_run_task.delay(pk)
+    if stuck:
+        log.warning("re-enqueued %d stuck executions", len(stuck))
+    return len(stuck)

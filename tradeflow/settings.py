@@ -48,8 +48,15 @@ def _local_secret(filename: str, make) -> str:
     path = DATA_DIR / filename
     if not path.exists():
         DATA_DIR.mkdir(parents=True, exist_ok=True)
-        path.write_text(make())
-        path.chmod(0o600)
+        # Owner-only from creation (write-then-chmod leaves it readable for a moment); O_EXCL: the first
+        # process to start keeps its key, a concurrent one reads it instead of overwriting it.
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(make())
     return path.read_text().strip()
 
 
@@ -181,7 +188,13 @@ else:
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default=REDIS_URL or "memory://")
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
-CELERY_TASK_EAGER_PROPAGATES = True
+# Embedded mode: an eager retry re-runs at once inside apply(); propagation would abort the chain.
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_BEAT_SCHEDULE = {
+    "executions-sweep": {"task": "brokers.tasks.executions_sweep", "schedule": 60.0},
+}
+# A signal not sent within this many seconds of its arrival fails instead of trading late.
+SIGNAL_MAX_DELAY_SECONDS = env.int("SIGNAL_MAX_DELAY_SECONDS", default=120)
 # In embedded mode eager tasks are handed to a thread so the webhook answers before execution.
 TASKS_IN_THREAD = envbool("TASKS_IN_THREAD", not REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

@@ -11,7 +11,9 @@ KEY_PLACEHOLDER = "<your-webhook-key>"
 
 
 def webhook_url(raw_key: str | None) -> str:
-    return settings.PUBLIC_URL + reverse("account-webhook-key", kwargs={"api_key": raw_key or KEY_PLACEHOLDER})
+    if not raw_key:  # the placeholder is not a valid key, so the key route cannot reverse it
+        return f"{settings.PUBLIC_URL}{reverse('account-webhook')}/{KEY_PLACEHOLDER}"
+    return settings.PUBLIC_URL + reverse("account-webhook-key", kwargs={"api_key": raw_key})
 
 
 def webhook_examples(*, account, raw_key: str | None) -> dict:

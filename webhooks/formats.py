@@ -18,6 +18,10 @@ from typing import Any
 
 SL_TP_MODES = ("price", "pct", "rr", "points")
 MAX_ID_LENGTH = 100
+# What the quantity and price columns hold (24 digits, 8 of them decimals): a bigger or finer number
+# would be refused (or silently rounded to 0) when the order is stored, long after the 202.
+MAX_NUMBER = Decimal("1e16")
+MAX_DECIMAL_PLACES = 8
 
 
 class PayloadError(Exception):
@@ -48,6 +52,12 @@ class _Fields:
             return None
         if not value.is_finite():
             self.errors[name] = "must be a finite number"
+            return None
+        if abs(value) >= MAX_NUMBER:
+            self.errors[name] = f"must be less than {MAX_NUMBER:f}"
+            return None
+        if -value.normalize().as_tuple().exponent > MAX_DECIMAL_PLACES:
+            self.errors[name] = f"must have at most {MAX_DECIMAL_PLACES} decimal places"
             return None
         if positive and value <= 0:
             self.errors[name] = f"must be greater than 0, got {value}"
@@ -188,7 +198,7 @@ def client_id_of(data: Any) -> str:
     if not isinstance(data, dict) or data.get("id") in (None, ""):
         return ""
     raw = data["id"]
-    if isinstance(raw, bool) or not isinstance(raw, (str, int)):
+    if isinstance(raw, bool) or not isinstance(raw, (str, int, Decimal)):
         raise PayloadError({"id": "must be a string or a number"})
     value = str(raw).strip()
     if len(value) > MAX_ID_LENGTH:

@@ -69,10 +69,14 @@ def parse_json(body: bytes):
     if not text.strip():
         raise WebhookError(400, "malformed_json", "Body is empty: send the alert as JSON")
     try:
-        return json.loads(text, parse_float=Decimal)
+        # NaN/Infinity become Decimals, so a field check names them ("must be a finite number") and the
+        # stored payload stays valid JSON (PostgreSQL's jsonb refuses a bare NaN).
+        return json.loads(text, parse_float=Decimal, parse_constant=Decimal)
     except json.JSONDecodeError as exc:
         raise WebhookError(400, "malformed_json",
                            f"Body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except (ValueError, RecursionError) as exc:  # an integer of over 4300 digits; nesting too deep
+        raise WebhookError(400, "malformed_json", f"Body is not usable JSON: {str(exc)[:120]}") from exc
 
 
 def _rate_limited(inbound: Inbound, key: str, rate: str, group: str) -> bool:
@@ -134,6 +138,8 @@ def webhook_receive(inbound: Inbound) -> Reply:
     """Handle one account webhook request end to end (the view only translates HTTP)."""
     account, data, payload_text = None, None, ""
     try:
+        if inbound.method != "POST":
+            raise WebhookError(405, "method_not_allowed", f"{inbound.method} is not accepted: send alerts with POST")
         size = max(len(inbound.body), inbound.declared_length)
         if size > settings.WEBHOOK_MAX_BODY_BYTES:
             raise WebhookError(413, "payload_too_large",
@@ -148,7 +154,13 @@ def webhook_receive(inbound: Inbound) -> Reply:
             intent = parse_account_payload(data, account_broker=account.broker)
             client_id = client_id_of(data)
         except PayloadError as exc:
-            raise WebhookError(422, "invalid_fields", f"The alert has invalid fields: {exc}", exc.fields) from exc
+            fields = dict(exc.fields)
+            try:  # name a bad `id` too, so one answer lists every field to fix
+                client_id_of(data)
+            except PayloadError as id_exc:
+                fields.update(id_exc.fields)
+            error = PayloadError(fields)
+            raise WebhookError(422, "invalid_fields", f"The alert has invalid fields: {error}", fields) from exc
         return _accept(inbound, account, data, intent, client_id, payload_text)
     except WebhookError as exc:
         reply = Reply(exc.status, exc.body())

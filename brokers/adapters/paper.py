@@ -123,6 +123,8 @@ class PaperAdapter(BrokerAdapter):
     def balance(self) -> Balance:
         unrealized = sum((p.unrealized_pnl for p in Position.objects.filter(
             account=self.account, status=Position.Status.OPEN)), Decimal("0"))
+        # Fills move the balance with an UPDATE (F expression), so the account object here may be stale.
+        self.account.refresh_from_db(fields=["balance"])
         cash = self.account.balance
         return Balance(currency=self.account.currency, cash=cash, equity=cash + unrealized)
 

@@ -94,12 +94,19 @@ def execution_release(*, execution_id: int) -> None:
 
 
 def execution_fail(*, execution_id: int, error: BrokerError) -> Execution:
-    """Retries exhausted on a transient error: record the broker's last answer."""
+    """Retries exhausted (or too late to trade): record the last error, and say if an order is in doubt."""
     execution = Execution.objects.get(pk=execution_id)
     if execution.status in Execution.TERMINAL:
         return execution
-    return _finish(execution, Execution.Status.FAILED, code=error.code or "broker_unavailable",
-                   reason=f"Broker did not accept the order after retries: {error.message}")
+    in_doubt = execution.orders.filter(status=Order.Status.SENDING).values_list("client_order_id", flat=True)
+    if in_doubt:
+        reason = (f"Order status unknown after retries ({error.message}). TradeFlow will not resend it: check "
+                  f"your broker for client id {', '.join(in_doubt)}")
+    elif error.code == "internal_error":
+        reason = f"TradeFlow could not complete this execution: {error.message}"
+    else:
+        reason = f"Broker did not accept the order: {error.message}"
+    return _finish(execution, Execution.Status.FAILED, code=error.code or "broker_unavailable", reason=reason)
 
 
 def execution_run(*, execution_id: int) -> Execution:
@@ -118,6 +125,7 @@ def execution_run(*, execution_id: int) -> Execution:
         return _finish(execution, Execution.Status.REJECTED, code=exc.code, reason=exc.message)
     adapter = get_adapter(execution.account)
     done: list[str] = []
+    resting = False
     for leg in legs:
         order = _reserve(execution, leg)
         try:
@@ -137,7 +145,9 @@ def execution_run(*, execution_id: int) -> Execution:
         if result.status == "filled" and leg.leg == "main" and leg.sl_tp:
             _attach_sl_tp(execution.account, leg, result)
         done.append(leg.leg)
-    return _finish(execution, Execution.Status.FILLED)
+        resting = resting or result.status == "open"
+    # A limit order resting at the broker is accepted but not filled: say so rather than "filled".
+    return _finish(execution, Execution.Status.PLACED if resting else Execution.Status.FILLED)
 
 
 def _leg_failure(leg: LegPlan, exc: BrokerError, done: list[str]) -> str:
@@ -200,28 +210,32 @@ def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
     return _record(order, result, leg)
 
 
-@transaction.atomic
 def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
     """Store the broker's answer and book the fill into the position, exactly once per order."""
     if result.status == "rejected":
+        # Outside the fill's transaction: raising inside it would roll the rejection back.
         Order.objects.filter(pk=order.pk).update(status=Order.Status.REJECTED, reject_reason=result.reject_reason,
                                                  broker_order_id=result.broker_order_id, raw=result.raw)
         raise BrokerRejected(result.reject_reason or "rejected by the broker", code="rejected", raw=result.raw)
     status = Order.Status.FILLED if result.status == "filled" else Order.Status.OPEN
-    changed = Order.objects.filter(pk=order.pk).exclude(status=Order.Status.FILLED).update(
-        status=status, broker_order_id=result.broker_order_id, filled_qty=result.filled_qty,
-        avg_price=result.avg_price, raw=result.raw, filled_at=timezone.now() if status == Order.Status.FILLED else None,
-    )
-    if changed and status == Order.Status.FILLED:
-        position_apply_fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
-                            price=result.avg_price, meta=leg.meta)
+    with transaction.atomic():
+        changed = Order.objects.filter(pk=order.pk).exclude(status=Order.Status.FILLED).update(
+            status=status, broker_order_id=result.broker_order_id, filled_qty=result.filled_qty,
+            avg_price=result.avg_price, raw=result.raw,
+            filled_at=timezone.now() if status == Order.Status.FILLED else None,
+        )
+        if changed and status == Order.Status.FILLED:
+            position_apply_fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
+                                price=result.avg_price, meta=leg.meta)
     return result
 
 
 def _attach_sl_tp(account: BrokerAccount, leg: LegPlan, result: OrderResult) -> None:
     sl, tp = leg.sl_tp
     sl_price, tp_price = sl_tp_prices(side=leg.side, entry=result.avg_price, sl=sl, tp=tp)
-    Position.objects.filter(account=account, symbol=leg.symbol, status=Position.Status.OPEN).update(
-        stop_loss=sl_price, take_profit=tp_price)
+    # A later entry without SL/TP keeps the levels the position already has.
+    levels = {k: v for k, v in (("stop_loss", sl_price), ("take_profit", tp_price)) if v is not None}
+    if levels:
+        Position.objects.filter(account=account, symbol=leg.symbol, status=Position.Status.OPEN).update(**levels)
 
 

@@ -52,7 +52,9 @@ def plan_legs(execution: Execution) -> list[LegPlan]:
     return [
         LegPlan(leg="main", symbol=intent["symbol"], side=intent["side"], qty=Decimal(intent["qty"]),
                 order_type=intent["order_type"], price=_dec(intent["price"]) if limit else None,
-                reference_price=_dec(intent.get("price")), sl_tp=(intent.get("sl"), intent.get("tp")))
+                # A limit order's price is its limit, not the market: the broker decides if it fills.
+                reference_price=None if limit else _dec(intent.get("price")),
+                sl_tp=(intent.get("sl"), intent.get("tp")))
     ]
 
 
