@@ -95,6 +95,16 @@ ORDER_ID_PREFIX = env.str("ORDER_ID_PREFIX", default="TF")
 PAPER_DEFAULT_CAPITAL = env.str("PAPER_DEFAULT_CAPITAL", default="1000000")
 # Lot size used by the paper broker for an index option that is not in the instruments table.
 PAPER_OPTION_LOT_SIZE = env.int("PAPER_OPTION_LOT_SIZE", default=65)
+# Broker endpoints (tests point them at local protocol servers; production keeps the defaults).
+KITE_API_ROOT = env.str("KITE_API_ROOT", default="https://api.kite.trade")
+KITE_TIMEOUT = env.float("KITE_TIMEOUT", default=7.0)
+KITE_FILL_WAIT = env.float("KITE_FILL_WAIT", default=2.0)
+BINANCE_API_URL = env.str("BINANCE_API_URL", default="https://api.binance.com/api")
+BINANCE_SAPI_URL = env.str("BINANCE_SAPI_URL", default="https://api.binance.com/sapi")
+BINANCE_FUTURES_URL = env.str("BINANCE_FUTURES_URL", default="https://fapi.binance.com/fapi")
+BINANCE_TESTNET_API_URL = env.str("BINANCE_TESTNET_API_URL", default="https://testnet.binance.vision/api")
+BINANCE_TESTNET_FUTURES_URL = env.str("BINANCE_TESTNET_FUTURES_URL", default="https://testnet.binancefuture.com/fapi")
+BINANCE_TIMEOUT = env.float("BINANCE_TIMEOUT", default=10.0)
 WEBHOOK_RATE_LIMIT = env.str("WEBHOOK_RATE_LIMIT", default="120/m")
 WEBHOOK_UNKNOWN_KEY_RATE_LIMIT = env.str("WEBHOOK_UNKNOWN_KEY_RATE_LIMIT", default="60/m")
 WEBHOOK_MAX_BODY_BYTES = 64 * 1024
