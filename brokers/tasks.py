@@ -73,3 +73,15 @@ def executions_sweep() -> int:
     if stuck:
         log.warning("re-enqueued %d stuck executions", len(stuck))
     return len(stuck)
+
+
+@shared_task(ignore_result=True, acks_late=True, reject_on_worker_lost=True, time_limit=900, soft_time_limit=840)
+def instruments_sync_task(force: bool = False) -> dict | None:
+    """The day's Kite instruments (beat runs it every 20 minutes; it syncs once a day, when a session exists).
+
+    Its own time limits: the NFO list is tens of thousands of rows, more than the default task budget.
+    """
+    from brokers.services.instruments import instruments_sync_daily
+
+    result = instruments_sync_daily(force=force)
+    return None if result is None else {"rows": result.rows, "deleted": result.deleted}

@@ -1,16 +1,18 @@
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from brokers import selectors
-from brokers.forms import PaperAccountForm
-from brokers.models import BrokerAccount, Position
-from brokers.services import account_create, account_set_enabled, api_key_regenerate, position_close
+from brokers.forms import OPTIONS_FORMS, BinanceConnectForm, KiteConnectForm, PaperAccountForm, credentials_form
+from brokers.models import Broker, BrokerAccount, Position
+from brokers.services import account_create, account_set_enabled, api_key_regenerate, connect, position_close
 from webhooks.examples import webhook_examples
 from webhooks.selectors import webhook_log_list
 
@@ -24,6 +26,27 @@ def _owned(getter, **kwargs):
         raise Http404("Not found") from exc
 
 
+def _owned_broker(request, pk: int, *brokers: str) -> BrokerAccount:
+    account = _owned(selectors.account_get, user=request.user, pk=pk)
+    if account.broker not in brokers:
+        raise Http404("Not found")
+    return account
+
+
+def _show_key_once(request, account: BrokerAccount, key) -> None:
+    request.session[NEW_KEY_SESSION] = {"account": account.pk, "key": key.raw}
+
+
+def _saved(request, text: str, warnings: list[str]) -> None:
+    messages.success(request, text)
+    for warning in warnings:
+        messages.warning(request, warning)
+
+
+def _refused(form, exc: connect.ConnectError) -> None:
+    form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+
+
 @login_required
 def account_list(request):
     return render(request, "brokers/account_list.html", {"accounts": selectors.account_list(user=request.user)})
@@ -34,7 +57,7 @@ def account_new(request):
     form = PaperAccountForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
         account, key = account_create(owner=request.user, **form.cleaned_data)
-        request.session[NEW_KEY_SESSION] = {"account": account.pk, "key": key.raw}
+        _show_key_once(request, account, key)
         messages.success(request, f"Paper account {account.label} created. Copy its webhook URL now.")
         return redirect("broker-account", pk=account.pk)
     return render(request, "brokers/account_new.html", {"form": form})
@@ -50,7 +73,92 @@ def account_detail(request, pk: int):
         del request.session[NEW_KEY_SESSION]  # shown once, then only masked
     return render(request, "brokers/account_detail.html", {
         "account": account, "raw_key": raw_key, "examples": webhook_examples(account=account, raw_key=raw_key),
+        "connection": connect.account_connection(account=account),
     })
+
+
+@login_required
+def kite_connect(request):
+    form = KiteConnectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        connected = connect.kite_account_connect(owner=request.user, **form.cleaned_data)
+        _show_key_once(request, connected.account, connected.key)
+        messages.success(request, f"{connected.account.label} saved. Log in to Kite to finish connecting.")
+        return redirect(connect.kite_login_redirect(account=connected.account, user=request.user))
+    return render(request, "brokers/connect_kite.html", {
+        "form": form, "redirect_url": settings.PUBLIC_URL + reverse("broker-kite-callback"),
+    })
+
+
+@login_required
+def binance_connect(request):
+    form = BinanceConnectForm(request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            connected = connect.binance_account_connect(owner=request.user, **form.cleaned_data)
+        except connect.ConnectError as exc:
+            _refused(form, exc)
+        else:
+            _show_key_once(request, connected.account, connected.key)
+            _saved(request, f"{connected.account.label} connected: Binance accepted the key.", connected.warnings)
+            return redirect("broker-account", pk=connected.account.pk)
+    return render(request, "brokers/connect_binance.html", {"form": form})
+
+
+@login_required
+def kite_login(request, pk: int):
+    account = _owned_broker(request, pk, Broker.KITE)
+    return redirect(connect.kite_login_redirect(account=account, user=request.user))
+
+
+@login_required
+def kite_callback(request):
+    """Kite's redirect after the customer logs in (the Redirect URL registered in their Kite Connect app)."""
+    try:
+        account = connect.kite_login_account(user=request.user, state=request.GET.get("state", ""))
+    except connect.LoginStateInvalid as exc:
+        return render(request, "brokers/kite_login_invalid.html", {"message": exc.message}, status=400)
+    except BrokerAccount.DoesNotExist as exc:
+        raise Http404("Not found") from exc
+    try:
+        connect.kite_login_complete(account=account, params=request.GET)
+    except connect.ConnectError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Logged in to Kite: {account.label} can trade until tomorrow morning.")
+    return redirect("broker-account", pk=account.pk)
+
+
+@login_required
+def account_options(request, pk: int):
+    account = _owned_broker(request, pk, Broker.KITE, Broker.BINANCE)
+    form = OPTIONS_FORMS[account.broker](request.POST or None, account=account)
+    if request.method == "POST" and form.is_valid():
+        try:
+            warnings = connect.account_options_update(account=account, actor=request.user, **form.cleaned_data)
+        except connect.ConnectError as exc:
+            _refused(form, exc)
+        else:
+            _saved(request, "Options saved.", warnings)
+            return redirect("broker-account", pk=account.pk)
+    return render(request, "brokers/account_options.html", {"account": account, "form": form})
+
+
+@login_required
+def account_credentials(request, pk: int):
+    account = _owned_broker(request, pk, Broker.KITE, Broker.BINANCE)
+    form = credentials_form(account, request.POST or None)
+    if request.method == "POST" and form.is_valid():
+        try:
+            warnings = connect.account_credentials_replace(account=account, actor=request.user, **form.cleaned_data)
+        except connect.ConnectError as exc:
+            _refused(form, exc)
+        else:
+            _saved(request, "New credentials saved.", warnings)
+            if account.broker == Broker.KITE:  # a new key means a new Kite session
+                return redirect(connect.kite_login_redirect(account=account, user=request.user))
+            return redirect("broker-account", pk=account.pk)
+    return render(request, "brokers/account_credentials.html", {"account": account, "form": form})
 
 
 @login_required
@@ -58,7 +166,7 @@ def account_detail(request, pk: int):
 def account_regenerate_key(request, pk: int):
     account = _owned(selectors.account_get, user=request.user, pk=pk)
     key = api_key_regenerate(account=account, actor=request.user)
-    request.session[NEW_KEY_SESSION] = {"account": account.pk, "key": key.raw}
+    _show_key_once(request, account, key)
     messages.warning(request, "New webhook key created; the old one no longer works. Update your TradingView alerts.")
     return redirect("broker-account", pk=account.pk)
 

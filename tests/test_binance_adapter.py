@@ -22,7 +22,7 @@ from brokers.models import Broker, BrokerAccount, Order, Position
 from brokers.services import account_create
 from brokers.services.execution import _submit
 from brokers.services.planning import LegPlan
-from tests.protocol.binance_server import BinanceServer
+from tests.protocol.binance_server import BinanceServer, point_settings_at
 
 pytestmark = pytest.mark.slow
 D = Decimal
@@ -31,11 +31,7 @@ D = Decimal
 @pytest.fixture
 def binance(settings):
     with BinanceServer() as server:
-        for name, suffix in (("BINANCE_API_URL", "/api"), ("BINANCE_SAPI_URL", "/sapi"),
-                             ("BINANCE_FUTURES_URL", "/fapi"), ("BINANCE_TESTNET_API_URL", "/api"),
-                             ("BINANCE_TESTNET_FUTURES_URL", "/fapi")):
-            setattr(settings, name, server.url + suffix)
-        settings.BINANCE_TIMEOUT = 2
+        point_settings_at(settings, server)
         settings.BINANCE_RETRY_MAX_SLEEP = 0.01
         yield server
 

@@ -367,6 +367,55 @@ def test_hedge_filled_then_main_rejected_says_what_is_already_open(account, brok
     assert (hedge.symbol, hedge.side, hedge.meta["role"]) == ("NIFTY 24800 PE", "long", "hedge")
 
 
+def test_hedge_cancelled_by_the_broker_means_the_main_leg_is_not_placed(account, broker):
+    broker.script = [OrderResult(broker_order_id="B1", status="cancelled", reject_reason="Cancelled by the exchange")]
+    execution = run(signal_execution(account, options(lots=3)))
+
+    assert_terminal(execution, Execution.Status.FAILED)
+    assert execution.reason_code == "hedge_not_filled"
+    assert execution.reason == ("Hedge BUY 65 NIFTY 24800 PE was cancelled by the broker before it filled "
+                                "(Cancelled by the exchange); main SELL not placed")
+    assert len(broker.placed) == 1
+    assert [(o.leg, o.status) for o in Order.objects.filter(execution=execution)] == [("hedge", "cancelled")]
+    assert open_positions(account) == []
+    assert run(execution).status == Execution.Status.FAILED and len(broker.placed) == 1
+
+
+def test_an_order_cancelled_without_a_fill_fails_the_execution_and_books_nothing(account, broker):
+    broker.script = [OrderResult(broker_order_id="B1", status="cancelled")]
+    execution = run(signal_execution(account, unify("buy", qty="1", price="100")))
+
+    assert_terminal(execution, Execution.Status.FAILED)
+    assert execution.reason_code == "order_cancelled"
+    assert execution.reason == "Main order (buy 1 BTCUSDT) was cancelled by the broker without a fill"
+    assert Order.objects.get(execution=execution).status == Order.Status.CANCELLED
+    assert open_positions(account) == []
+
+
+def test_an_exit_whose_main_leg_is_still_open_keeps_the_hedge(account, broker):
+    assert run(signal_execution(account, options(lots=3))).status == Execution.Status.FILLED
+    broker.script = [OrderResult(broker_order_id="B9", status="open")]
+
+    execution = run(signal_execution(account, options(action="EXIT")))
+
+    assert_terminal(execution, Execution.Status.PLACED)
+    assert execution.reason_code == "exit_open"
+    assert "NIFTY 24800 PE is kept until it fills" in execution.reason
+    assert [c[2] for c in broker.placed] == ["buy", "sell", "buy"]  # hedge, main, then only the main's exit
+    assert {p.symbol for p in open_positions(account)} == {"NIFTY 25000 PE", "NIFTY 24800 PE"}
+
+
+@pytest.mark.parametrize(("broker_name", "mode", "adapter"), [
+    ("paper", "paper", "PaperAdapter"), ("kite", "paper", "PaperAdapter"), ("binance", "paper", "PaperAdapter"),
+    ("kite", "live", "KiteAdapter"), ("binance", "live", "BinanceAdapter"),
+])
+def test_live_accounts_get_their_brokers_adapter_and_paper_mode_stays_on_paper(owner, broker_name, mode, adapter):
+    from brokers.adapters import get_adapter
+
+    live, _ = factories.paper_account(owner=owner, label="A", broker=broker_name, mode=mode)
+    assert type(get_adapter(live)).__name__ == adapter
+
+
 def test_client_order_ids_are_deterministic_short_alphanumerics(account, broker):
     execution = run(signal_execution(account, options(lots=10)))
     assert_terminal(execution, Execution.Status.FILLED)
@@ -523,6 +572,27 @@ def test_options_hedge_lots_are_the_hedge_pct_of_the_lots_rounded(account, owner
     assert legs.get("hedge", D(0)) == hedge * 65
     assert legs["main"] == lots * 65
     assert [row[0] for row in paper_log] == ["buy"] * (hedge > 0) + ["sell"]
+
+
+def test_paper_options_take_the_lot_size_of_the_listed_unexpired_contract(account, owner, paper_log):
+    from brokers.models import Instrument
+    from brokers.services.instruments import ist_today
+
+    today = ist_today()
+    for days, lot, symbol in ((-1, 75, "OLDPE"), (6, 65, "WEEKPE"), (13, 65, "NEXTPE")):
+        for strike in (25000, 24800):
+            Instrument.objects.create(broker="kite", exchange="NFO", tradingsymbol=f"{symbol}{strike}", name="NIFTY",
+                                      instrument_type="PE", strike=strike, lot_size=lot,
+                                      expiry=today + timedelta(days=days))
+    Instrument.objects.create(broker="binance", exchange="BINANCE", tradingsymbol="NIFTYX", name="NIFTY",
+                              instrument_type="PE", strike=25000, lot_size=1)
+    _set_lots(owner)
+
+    run(signal_execution(account, options(lots=10, spot_price=24481)))
+
+    assert [row[2] for row in paper_log] == [D("195"), D("650")]  # 3 and 10 lots of 65, not the expired 75
+    main = Position.objects.get(account=account, symbol="NIFTY 25000 PE")
+    assert main.meta["expiry"] == (today + timedelta(days=6)).isoformat()
 
 
 def test_options_lots_come_from_the_users_settings_when_the_alert_has_none(account, owner, paper_log):

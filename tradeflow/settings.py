@@ -202,6 +202,9 @@ CELERY_TASK_ALWAYS_EAGER = not REDIS_URL
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_BEAT_SCHEDULE = {
     "executions-sweep": {"task": "brokers.tasks.executions_sweep", "schedule": 60.0},
+    # Kite's instruments list, daily: each run syncs only if today's list (published ~08:00 IST) is not in yet,
+    # so it lands within 20 minutes of the first customer's Kite login of the day.
+    "kite-instruments-sync": {"task": "brokers.tasks.instruments_sync_task", "schedule": 1200.0},
 }
 # A signal not sent within this many seconds of its arrival fails instead of trading late.
 SIGNAL_MAX_DELAY_SECONDS = env.int("SIGNAL_MAX_DELAY_SECONDS", default=120)

@@ -6,10 +6,21 @@ from brokers.adapters.base import BrokerAdapter
 
 
 def get_adapter(account) -> BrokerAdapter:
+    """The adapter that trades ``account``: paper-mode accounts of every broker stay on the paper broker."""
     if account.is_paper:
         from brokers.adapters.paper import PaperAdapter
 
         return PaperAdapter(account)
+    from brokers.models import Broker
+
+    if account.broker == Broker.KITE:
+        from brokers.adapters.kite import KiteAdapter
+
+        return KiteAdapter(account)
+    if account.broker == Broker.BINANCE:
+        from brokers.adapters.binance import BinanceAdapter
+
+        return BinanceAdapter(account)
     raise NotImplementedError(f"The {account.get_broker_display()} adapter is not available yet")
 
 

@@ -82,6 +82,10 @@ class Balance:
 
 
 class BrokerAdapter(ABC):
+    # Seconds ``place_order`` waits for a market order to fill before answering "open" (None: it never waits,
+    # the answer is final at once). The engine quotes it when a leg that had to fill did not.
+    fill_wait: float | None = None
+
     def __init__(self, account):
         self.account = account
 
@@ -107,3 +111,15 @@ class BrokerAdapter(ABC):
     @abstractmethod
     def validate_credentials(self) -> None:
         """Raise BrokerAuthError (or BrokerRejected) with a message the customer can act on."""
+
+    # Broker-side stop loss / take profit. Not abstract: for a broker without them here (paper, Kite) the
+    # levels live only on TradeFlow's position record.
+    def place_protection(self, *, symbol: str, entry_side: str, qty: Decimal, client_order_id: str,
+                         stop_loss: Decimal | None = None, take_profit: Decimal | None = None,
+                         extra: dict | None = None) -> list[OrderResult]:
+        """Place the stop/target orders of a filled entry; safe to call again for the same entry (a retry)."""
+        return []
+
+    def cancel_protection(self, *, symbol: str, extra: dict | None = None) -> None:
+        """Cancel TradeFlow's open stop/target orders on ``symbol`` (after a close)."""
+        return None

@@ -182,6 +182,10 @@ class KiteAdapter(BrokerAdapter):
     def options(self) -> dict:
         return self.account.options or {}
 
+    @property
+    def fill_wait(self) -> float:
+        return float(self.options.get("fill_wait", _setting("KITE_FILL_WAIT", 2.0)))
+
     def _limit_key(self, kind: str) -> str:
         # Kite's limits are per user, whatever the API key: key by the Kite user id once known.
         return f"kite:{kind}:{self.options.get('user_id') or f'account{self.account.pk}'}"
@@ -326,7 +330,7 @@ class KiteAdapter(BrokerAdapter):
 
     def _confirm(self, order_ids: list[str]) -> OrderResult:
         """Read the order book until the orders are done or ``KITE_FILL_WAIT`` passes."""
-        deadline = time.monotonic() + float(self.options.get("fill_wait", _setting("KITE_FILL_WAIT", 2.0)))
+        deadline = time.monotonic() + self.fill_wait
         pause = 0.05
         rows: list[dict] = []
         while True:

@@ -8,6 +8,11 @@ Exactly-once rests on three things:
    client order id derived from the execution id and leg: every attempt sends the same id.
 3. An order found in ``sending`` state (a previous attempt may have reached the broker), or an ambiguous
    broker answer, is resolved by looking the order up by client id, never by resending blindly.
+
+Legs go in plan order, and a leg that protects the next one must fill first: a hedge still working after the
+broker's fill wait is cancelled and the main leg is not placed; an exit whose main leg has not filled keeps the
+hedge. After a filled entry its stop loss / take profit are placed at the broker (same ids on every attempt);
+a refusal keeps the fill and says the position is unprotected.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ from brokers.adapters.base import (
     OrderRequest,
     OrderResult,
 )
-from brokers.calc import sl_tp_prices
+from brokers.calc import round_to_tick, sl_tp_prices
 from brokers.models import BrokerAccount, Execution, Order, Position
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import position_apply_fill
@@ -98,10 +103,16 @@ def execution_fail(*, execution_id: int, error: BrokerError) -> Execution:
     execution = Execution.objects.get(pk=execution_id)
     if execution.status in Execution.TERMINAL:
         return execution
-    in_doubt = execution.orders.filter(status=Order.Status.SENDING).values_list("client_order_id", flat=True)
+    orders = list(execution.orders.values_list("leg", "status", "client_order_id"))
+    in_doubt = [cid for _, status, cid in orders if status == Order.Status.SENDING]
+    protecting = (execution.intent.get("sl") or execution.intent.get("tp")) and "main" in {leg for leg, _, _ in orders}
     if in_doubt:
         reason = (f"Order status unknown after retries ({error.message}). TradeFlow will not resend it: check "
                   f"your broker for client id {', '.join(in_doubt)}")
+    elif protecting and error.code != "internal_error" and all(s == Order.Status.FILLED for _, s, _ in orders):
+        # Every order filled: what kept failing after them is placing the stop loss / take profit.
+        return _finish(execution, Execution.Status.FILLED, code="unprotected",
+                       reason=_unprotected(execution, f"not placed after retries ({error.message})"))
     elif error.code == "internal_error":
         reason = f"TradeFlow could not complete this execution: {error.message}"
     else:
@@ -119,42 +130,126 @@ def execution_run(*, execution_id: int) -> Execution:
     decision = decide(execution=execution)
     if not decision.allowed:
         return _finish(execution, Execution.Status.REJECTED, code=decision.code, reason=decision.message)
+    adapter = get_adapter(execution.account)
     try:
-        legs = plan_legs(execution)
+        legs = plan_legs(execution, adapter=adapter)
     except PlanRejected as exc:
         return _finish(execution, Execution.Status.REJECTED, code=exc.code, reason=exc.message)
-    adapter = get_adapter(execution.account)
+    except BrokerError as exc:  # a question the plan asked the broker (exchange filters, a last price)
+        return _broker_failure(execution, exc, f"Could not prepare the order: {exc.message}")
+    return _place_legs(execution, adapter, legs)
+
+
+def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan]) -> Execution:
     done: list[str] = []
     resting = False
-    for leg in legs:
+    warning = ""
+    for n, leg in enumerate(legs):
         order = _reserve(execution, leg)
         try:
             result = _submit(adapter, order, leg)
-        except BrokerAuthError as exc:
-            _mark_login_needed(execution.account, exc)
-            return _finish(execution, Execution.Status.FAILED, code=exc.code or "auth",
-                           reason=_leg_failure(leg, exc, done))
-        except BrokerRejected as exc:
-            return _finish(execution, Execution.Status.FAILED, code=exc.code or "broker_rejected",
-                           reason=_leg_failure(leg, exc, done))
-        except (BrokerTransient, BrokerAmbiguous):
-            execution_release(execution_id=execution.pk)
-            raise
+            gate = ""
+            if leg.leg == "hedge" and result.status == "open":
+                result, gate = _cancel_unfilled_hedge(adapter, order, leg)
+            if result.status == "filled" and leg.leg == "main" and leg.sl_tp:
+                warning = _protect(execution, adapter, order, leg, result)
+        except BrokerError as exc:
+            return _broker_failure(execution, exc, _leg_failure(leg, exc, done))
         if leg.leg in ("main", "close", "exit_main"):
             _record_latency(execution)
-        if result.status == "filled" and leg.leg == "main" and leg.sl_tp:
-            _attach_sl_tp(execution.account, leg, result)
+        if leg.leg == "hedge" and result.status != "filled":
+            # The main leg is sold only against a bought hedge (seeds 000/001): never unhedged.
+            return _finish(execution, Execution.Status.FAILED, code="hedge_not_filled",
+                           reason=_hedge_unfilled(adapter, leg, result, legs[n + 1:], gate))
+        if result.status == "cancelled":
+            return _finish(execution, Execution.Status.FAILED, code="order_cancelled",
+                           reason=_leg_cancelled(leg, result, done))
         done.append(leg.leg)
+        if result.status == "open" and leg.leg == "exit_main" and n + 1 < len(legs):
+            # Selling the hedge while the short main leg is still open would leave it naked.
+            return _finish(execution, Execution.Status.PLACED, code="exit_open",
+                           reason=_exit_open(adapter, leg, legs[n + 1:]))
         resting = resting or result.status == "open"
     # A limit order resting at the broker is accepted but not filled: say so rather than "filled".
-    return _finish(execution, Execution.Status.PLACED if resting else Execution.Status.FILLED)
+    status = Execution.Status.PLACED if resting else Execution.Status.FILLED
+    return _finish(execution, status, code="unprotected" if warning else "", reason=warning)
+
+
+def _broker_failure(execution: Execution, exc: BrokerError, reason: str) -> Execution:
+    """Transient or ambiguous: give the execution back and let the task retry. Final: record why."""
+    if isinstance(exc, BrokerTransient | BrokerAmbiguous):
+        execution_release(execution_id=execution.pk)
+        raise exc
+    if isinstance(exc, BrokerAuthError):
+        _mark_login_needed(execution.account, exc)
+        return _finish(execution, Execution.Status.FAILED, code=exc.code or "auth", reason=reason)
+    return _finish(execution, Execution.Status.FAILED, code=exc.code or "broker_rejected", reason=reason)
+
+
+def _qty(value: Decimal) -> str:
+    return format(value.normalize(), "f")
+
+
+def _described(leg: LegPlan) -> str:
+    return f"{leg.leg.replace('_', ' ').capitalize()} order ({leg.side} {_qty(leg.qty)} {leg.symbol})"
 
 
 def _leg_failure(leg: LegPlan, exc: BrokerError, done: list[str]) -> str:
-    text = f"{leg.leg.replace('_', ' ').capitalize()} order ({leg.side} {leg.qty} {leg.symbol}) failed: {exc.message}"
+    text = f"{_described(leg)} failed: {exc.message}"
     if done:
         text += f". Already filled: {', '.join(done)}; check the open positions."
     return text
+
+
+def _leg_cancelled(leg: LegPlan, result: OrderResult, done: list[str]) -> str:
+    text = f"{_described(leg)} was cancelled by the broker without a fill"
+    text += f": {result.reject_reason}" if result.reject_reason else ""
+    if done:
+        text += f". Already filled: {', '.join(done)}; check the open positions."
+    return text
+
+
+def _waited(adapter: BrokerAdapter) -> str:
+    return f"within {adapter.fill_wait:g} s" if adapter.fill_wait else "at once"
+
+
+def _cancel_unfilled_hedge(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> tuple[OrderResult, str]:
+    """Cancel a hedge still working at the broker, then read where it ended (it may have filled meanwhile)."""
+    outcome = "hedge order cancelled"
+    try:
+        adapter.cancel_order(client_order_id=order.client_order_id, symbol=order.symbol)
+    except BrokerRejected as exc:
+        outcome = f"the hedge order could not be cancelled ({exc.message}): check it at the broker"
+    found = adapter.order_status(client_order_id=order.client_order_id, symbol=order.symbol)
+    if found is None:  # cannot happen for an order we hold an id for; keep it visible rather than guess
+        return OrderResult(broker_order_id=order.broker_order_id, status="open"), outcome
+    result = _record(order, found, leg)
+    if result.status == "open":
+        outcome = "the hedge order is still open at the broker: cancel it there"
+    return result, outcome
+
+
+def _hedge_unfilled(adapter: BrokerAdapter, leg: LegPlan, result: OrderResult, rest: list[LegPlan],
+                    outcome: str) -> str:
+    hedge = f"Hedge {leg.side.upper()} {_qty(leg.qty)} {leg.symbol}"
+    if outcome:  # it was still working after the fill wait, and we cancelled it
+        parts = [f"{hedge} not filled {_waited(adapter)}"]
+    else:
+        parts = [f"{hedge} was cancelled by the broker before it filled"
+                 + (f" ({result.reject_reason})" if result.reject_reason else "")]
+    parts += [f"{r.leg.replace('_', ' ')} {r.side.upper()} not placed" for r in rest]
+    return "; ".join(parts + ([outcome] if outcome else []))
+
+
+def _exit_open(adapter: BrokerAdapter, leg: LegPlan, rest: list[LegPlan]) -> str:
+    kept = ", ".join(r.symbol for r in rest)
+    return (f"{_described(leg)} is still open at the broker (not filled {_waited(adapter)}); {kept} is kept until "
+            "it fills, so the short leg is never left unhedged. Check the order at the broker, then exit again.")
+
+
+def _unprotected(execution: Execution, what: str) -> str:
+    return (f"Filled, but the stop loss / take profit was {what}. The position is open at "
+            f"{execution.account.get_broker_display()} without them: set them there or close the position.")
 
 
 def _mark_login_needed(account: BrokerAccount, exc: BrokerError) -> None:
@@ -185,15 +280,15 @@ def _request(order: Order, leg: LegPlan) -> OrderRequest:
 
 
 def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
-    if order.status in (Order.Status.FILLED, Order.Status.OPEN):
+    if order.status in (Order.Status.FILLED, Order.Status.OPEN, Order.Status.CANCELLED):
         return OrderResult(broker_order_id=order.broker_order_id, status=order.status,
-                           filled_qty=order.filled_qty, avg_price=order.avg_price)
+                           filled_qty=order.filled_qty, avg_price=order.avg_price, reject_reason=order.reject_reason)
     if order.status in (Order.Status.REJECTED, Order.Status.FAILED):
         raise BrokerRejected(order.reject_reason, code="rejected")
     if order.status == Order.Status.SENDING:
         found = adapter.order_status(client_order_id=order.client_order_id, symbol=order.symbol)
         if found is not None:
-            return _record(order, found, leg)
+            return _found(adapter, order, leg, found)
     Order.objects.filter(pk=order.pk).update(status=Order.Status.SENDING, sent_at=timezone.now())
     try:
         result = adapter.place_order(_request(order, leg))
@@ -202,12 +297,28 @@ def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
         found = adapter.order_status(client_order_id=order.client_order_id, symbol=order.symbol)
         if found is None:
             raise
-        result = found
+        return _found(adapter, order, leg, found)
     except BrokerRejected as exc:
         Order.objects.filter(pk=order.pk).update(status=Order.Status.REJECTED, reject_reason=exc.message,
                                                  raw=exc.raw)
         raise
     return _record(order, result, leg)
+
+
+def _found(adapter: BrokerAdapter, order: Order, leg: LegPlan, found: OrderResult) -> OrderResult:
+    """An order settled by looking it up. A close found this way skipped the adapter's own clean-up after it
+    filled, so its stop/target orders are cancelled here (they would otherwise sit on a flat position)."""
+    result = _record(order, found, leg)
+    if leg.reduce_only and result.status == "filled":
+        try:
+            adapter.cancel_protection(symbol=leg.symbol, extra=leg.extra)
+        except BrokerError as exc:
+            log.warning("could not cancel stop/target orders on %s after close %s: %s", leg.symbol,
+                        order.client_order_id, exc.message)
+    return result
+
+
+ORDER_STATUS = {"filled": Order.Status.FILLED, "open": Order.Status.OPEN, "cancelled": Order.Status.CANCELLED}
 
 
 def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
@@ -217,11 +328,11 @@ def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
         Order.objects.filter(pk=order.pk).update(status=Order.Status.REJECTED, reject_reason=result.reject_reason,
                                                  broker_order_id=result.broker_order_id, raw=result.raw)
         raise BrokerRejected(result.reject_reason or "rejected by the broker", code="rejected", raw=result.raw)
-    status = Order.Status.FILLED if result.status == "filled" else Order.Status.OPEN
+    status = ORDER_STATUS.get(result.status, Order.Status.OPEN)
     with transaction.atomic():
         changed = Order.objects.filter(pk=order.pk).exclude(status=Order.Status.FILLED).update(
             status=status, broker_order_id=result.broker_order_id, filled_qty=result.filled_qty,
-            avg_price=result.avg_price, raw=result.raw,
+            avg_price=result.avg_price, raw=result.raw, reject_reason=result.reject_reason,
             filled_at=timezone.now() if status == Order.Status.FILLED else None,
         )
         if changed and status == Order.Status.FILLED:
@@ -230,12 +341,29 @@ def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
     return result
 
 
-def _attach_sl_tp(account: BrokerAccount, leg: LegPlan, result: OrderResult) -> None:
+def _protect(execution: Execution, adapter: BrokerAdapter, order: Order, leg: LegPlan, result: OrderResult) -> str:
+    """Record the entry's stop loss / take profit on the position and place them at the broker (idempotent:
+    a retried execution places the same ones again). A refusal keeps the fill and returns a warning."""
+    if result.avg_price is None:
+        return ""
     sl, tp = leg.sl_tp
-    sl_price, tp_price = sl_tp_prices(side=leg.side, entry=result.avg_price, sl=sl, tp=tp)
+    levels = sl_tp_prices(side=leg.side, entry=result.avg_price, sl=sl, tp=tp)
+    if leg.tick_size:  # what the exchange will hold, so the position shows the levels that are really set
+        levels = tuple(None if v is None else round_to_tick(v, leg.tick_size) for v in levels)
+    stop_loss, take_profit = levels
     # A later entry without SL/TP keeps the levels the position already has.
-    levels = {k: v for k, v in (("stop_loss", sl_price), ("take_profit", tp_price)) if v is not None}
-    if levels:
-        Position.objects.filter(account=account, symbol=leg.symbol, status=Position.Status.OPEN).update(**levels)
-
-
+    recorded = {k: v for k, v in (("stop_loss", stop_loss), ("take_profit", take_profit)) if v is not None}
+    if not recorded:
+        return ""
+    Position.objects.filter(account=execution.account, symbol=leg.symbol, status=Position.Status.OPEN).update(
+        **recorded)
+    try:
+        adapter.place_protection(symbol=leg.symbol, entry_side=leg.side, qty=result.filled_qty,
+                                 client_order_id=order.client_order_id, stop_loss=stop_loss,
+                                 take_profit=take_profit, extra=leg.extra)
+    except (BrokerRejected, BrokerAuthError) as exc:
+        log.warning("protection for %s refused: %s", order.client_order_id, exc.message)
+        if isinstance(exc, BrokerAuthError):
+            _mark_login_needed(execution.account, exc)
+        return _unprotected(execution, f"refused: {exc.message}")
+    return ""

@@ -8,20 +8,26 @@ from the same row.
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time
 from decimal import Decimal
 from zoneinfo import ZoneInfo
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import Max
+from django.db.models import F, Max
 from django.db.models.functions import ExtractMonth, ExtractYear
+from django.utils import timezone
 
-from brokers.models import Broker, Instrument
+from brokers.models import Broker, BrokerAccount, Instrument
 
+log = logging.getLogger(__name__)
 IST = ZoneInfo("Asia/Kolkata")
+# Kite publishes the day's list early in the morning (India time); a sync from then on counts as today's.
+KITE_LIST_READY = time(8, 0)
+SYNC_ATTEMPTS = 5  # accounts tried per run before giving up until the next run
 OPTION_TYPES = ("CE", "PE")
 MAX_SLICES = 10
 # Exchange quantity freeze limits (units, not lots) for index derivatives, from NSE's circular
@@ -108,6 +114,50 @@ def instruments_sync_kite(*, adapter_or_client, exchanges=("NFO", "NSE"), today:
             for start in range(0, len(gone), 500):
                 result.deleted += Instrument.objects.filter(pk__in=gone[start:start + 500]).delete()[0]
     return result
+
+
+def instruments_sync_due(*, now: datetime | None = None) -> bool:
+    """Whether today's Kite list is published and not yet in our table (one successful sync a day)."""
+    now = (now or timezone.now()).astimezone(IST)
+    ready = datetime.combine(now.date(), KITE_LIST_READY, tzinfo=IST)
+    if now < ready:
+        return False
+    return not Instrument.objects.filter(broker=Broker.KITE, exchange="NFO", updated_at__gte=ready).exists()
+
+
+def instruments_sync_daily(*, force: bool = False) -> SyncResult | None:
+    """Today's Kite instruments, through any Kite account with a live session (Celery beat runs this often;
+    it syncs once a day, as soon as a session exists). The list is the same for every customer, so any valid
+    session will do: most recent logins first. An account whose token Kite refuses is marked "login needed"
+    (it could not trade either) and the next is tried. Returns None when nothing was synced."""
+    from brokers.adapters.base import BrokerAuthError, BrokerError
+    from brokers.adapters.kite import KiteAdapter
+
+    if not force and not instruments_sync_due():
+        return None
+    accounts = (BrokerAccount.objects.filter(broker=Broker.KITE, enabled=True, status=BrokerAccount.Status.ACTIVE)
+                .order_by(F("last_sync").desc(nulls_last=True), "-pk"))
+    tried = 0
+    for account in accounts.iterator():
+        if not (account.api_key and account.access_token):  # encrypted columns: checked after decryption
+            continue
+        tried += 1
+        try:
+            result = instruments_sync_kite(adapter_or_client=KiteAdapter(account))
+        except BrokerAuthError as exc:
+            BrokerAccount.objects.filter(pk=account.pk).update(
+                status=BrokerAccount.Status.LOGIN_NEEDED, status_message=f"Broker login needed: {exc.message}"[:300])
+            log.info("Kite instruments sync: %s has no live session (%s)", account, exc.message)
+        except BrokerError as exc:  # e.g. that account's proxy is down: another account may get through
+            log.warning("Kite instruments sync through %s failed: %s", account, exc.message)
+        else:
+            log.info("Kite instruments synced through %s: %s rows, %s removed", account, result.rows, result.deleted)
+            return result
+        if tried >= SYNC_ATTEMPTS:
+            break
+    log.warning("Kite instruments not synced: no Kite account with a live session (%d tried); next run tries again",
+                tried)
+    return None
 
 
 def _target_expiry(expiries: list[date], *, expiry_rule: str) -> date | None:

@@ -26,7 +26,7 @@ import re
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from decimal import ROUND_DOWN, Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
@@ -270,7 +270,9 @@ class BinanceServer:
     def __init__(self):
         self.lock = threading.RLock()
         self.closing = threading.Event()
-        self.specs = {"spot": {s.symbol: s for s in SPOT_SPECS}, "futures": {s.symbol: s for s in FUTURES_SPECS}}
+        # Copies: a test that changes a rule (``server.specs[...].min_notional = ...``) changes it for itself only.
+        self.specs = {"spot": {s.symbol: replace(s) for s in SPOT_SPECS},
+                      "futures": {s.symbol: replace(s) for s in FUTURES_SPECS}}
         self.prices = {"spot": {"BTCUSDT": D("95234.50"), "ETHUSDT": D("3456.78"), "SOLUSDT": D("187.45")},
                        "futures": {"BTCUSDT": D("95234.50"), "ETHUSDT": D("3456.78"), "SOLUSDT": D("187.45")}}
         self.accounts: dict[str, Account] = {}
@@ -1067,3 +1069,12 @@ def _strip_signature(raw: str) -> tuple[str, str | None]:
         else:
             kept.append(part)
     return "&".join(kept), signature
+
+
+def point_settings_at(settings, server: BinanceServer) -> None:
+    """Aim every Binance URL setting (live and testnet) at ``server`` for one test."""
+    for name, suffix in (("BINANCE_API_URL", "/api"), ("BINANCE_SAPI_URL", "/sapi"),
+                         ("BINANCE_FUTURES_URL", "/fapi"), ("BINANCE_TESTNET_API_URL", "/api"),
+                         ("BINANCE_TESTNET_FUTURES_URL", "/fapi")):
+        setattr(settings, name, server.url + suffix)
+    settings.BINANCE_TIMEOUT = 2
