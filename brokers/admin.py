@@ -44,13 +44,14 @@ class OrderInline(admin.TabularInline):
 
 @admin.register(Execution)
 class ExecutionAdmin(admin.ModelAdmin):
-    list_display = ["id", "created_at", "account", "kind", "status", "reason_code", "latency_ms", "attempts"]
+    list_display = ["id", "created_at", "account", "kind", "status", "reason_code", "latency_ms", "slippage_bps",
+                    "attempts"]
     list_filter = ["status", "kind", "reason_code", "created_at"]
     search_fields = ["account__label", "account__owner__email", "reason", "signal__id"]
     list_select_related = ["account"]
     inlines = [OrderInline]
-    readonly_fields = ["signal", "account", "kind", "intent", "attempts", "lease_until", "started_at", "finished_at",
-                       "latency_ms"]
+    readonly_fields = ["signal", "account", "subscription", "kind", "intent", "attempts", "lease_until", "started_at",
+                       "finished_at", "latency_ms", "slippage", "slippage_bps"]
 
 
 @admin.register(Order)
@@ -63,8 +64,8 @@ class OrderAdmin(admin.ModelAdmin):
 
 @admin.register(Position)
 class PositionAdmin(admin.ModelAdmin):
-    list_display = ["symbol", "account", "side", "qty", "avg_price", "last_price", "realized_pnl", "status",
-                    "opened_at"]
+    list_display = ["symbol", "account", "side", "qty", "avg_price", "last_price", "stop_loss", "take_profit",
+                    "breakeven", "realized_pnl", "status", "opened_at"]
     list_filter = ["status", "side", "opened_at"]
     search_fields = ["symbol", "account__label", "account__owner__email"]
     list_select_related = ["account"]

@@ -76,6 +76,14 @@ def sl_tp_prices(
     return sl_price, tp_price
 
 
+def slippage(*, side: str, reference: Decimal, fill: Decimal) -> tuple[Decimal, Decimal]:
+    """Fill against the signal's price, signed so that positive is worse for the trader (paid more on a buy,
+    received less on a sell): (price difference, basis points of the reference)."""
+    diff = (fill - reference) * (1 if side == "buy" else -1)
+    bps = (diff / reference * 10000).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP)
+    return diff.quantize(Decimal("0.00000001"), rounding=ROUND_HALF_UP), bps
+
+
 def round_to_step(value: Decimal, step: Decimal) -> Decimal:
     """Round down to a multiple of ``step`` (exchange LOT_SIZE / tick rules never round up)."""
     if step <= 0:

@@ -149,6 +149,9 @@ class Execution(models.Model):
     signal = models.ForeignKey("webhooks.Signal", null=True, blank=True, on_delete=models.CASCADE,
                                related_name="executions")
     account = models.ForeignKey(BrokerAccount, on_delete=models.CASCADE, related_name="executions")
+    # A bot signal's execution for one subscriber (seed 004 ``bot_signal_executions``).
+    subscription = models.ForeignKey("bots.Subscription", null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="executions")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SIGNAL)
     intent = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
@@ -161,6 +164,10 @@ class Execution(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     # Webhook receipt → broker acknowledgement of the main order, in milliseconds.
     latency_ms = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    # Main-leg fill against the price the signal carried, signed so that positive is worse for the customer
+    # (paid more on a buy, got less on a sell): in price units and in basis points of the signal price.
+    slippage = models.DecimalField(**QTY, null=True, blank=True)
+    slippage_bps = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -272,6 +279,12 @@ class Position(models.Model):
             return Decimal("0")
         sign = 1 if self.side == self.Side.LONG else -1
         return (self.last_price - self.avg_price) * self.qty * sign
+
+    @property
+    def breakeven(self) -> Decimal | None:
+        """Options main leg: the underlying's breakeven net of the hedge (``brokers.services.breakeven``)."""
+        value = (self.meta or {}).get("breakeven")
+        return Decimal(value) if value else None
 
 
 class PaperOrder(models.Model):

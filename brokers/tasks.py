@@ -40,13 +40,17 @@ def execution_run_task(self, execution_id: int) -> None:
     except Exception as exc:
         # A bug or an outage of our own (database, adapter missing): never leave the execution "running".
         log.exception("execution %s crashed", execution_id)
-        if self.request.retries >= self.max_retries:
-            execution_fail(execution_id=execution_id, error=BrokerError(
-                f"internal error ({exc.__class__.__name__}); the operators have been alerted", code="internal_error"))
-            return
-        from brokers.services.execution import execution_release
+        try:
+            if self.request.retries >= self.max_retries:
+                execution_fail(execution_id=execution_id, error=BrokerError(
+                    f"internal error ({exc.__class__.__name__}); the operators have been alerted",
+                    code="internal_error"))
+                return
+            from brokers.services.execution import execution_release
 
-        execution_release(execution_id=execution_id)
+            execution_release(execution_id=execution_id)
+        except Exception:  # the database itself may be what failed: retry anyway, the sweeper is the backstop
+            log.exception("could not record the crash of execution %s", execution_id)
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
     if execution.status == Execution.Status.RUNNING and not self.request.is_eager:
         # Another attempt holds the lease. After a lost worker (reject_on_worker_lost) the message is back
@@ -85,3 +89,37 @@ def instruments_sync_task(force: bool = False) -> dict | None:
 
     result = instruments_sync_daily(force=force)
     return None if result is None else {"rows": result.rows, "deleted": result.deleted}
+
+
+def _single_flight(name: str, seconds: int, run):
+    """Run ``run()`` unless another run of ``name`` is still going (a cache lock shared by every worker)."""
+    from django.core.cache import cache
+
+    key = f"tf:task-lock:{name}"
+    if not cache.add(key, 1, timeout=seconds):
+        return None
+    try:
+        return run()
+    finally:
+        cache.delete(key)
+
+
+@shared_task(ignore_result=True, time_limit=60, soft_time_limit=50)
+def stops_watch_task() -> dict | None:
+    """Close positions whose stop loss / take profit / strike stop the market reached (beat: STOP_WATCH_SECONDS).
+    Overlapping runs skip; each close is claimed per position, so even two at once close a position once."""
+    from brokers.services.watch import stops_watch
+
+    result = _single_flight("stops-watch", 60, stops_watch)
+    return None if result is None else {"checked": result.checked, "closes": result.closes,
+                                        "reconciled": result.reconciled}
+
+
+@shared_task(ignore_result=True, time_limit=120, soft_time_limit=100)
+def orders_sync_task() -> dict | None:
+    """Follow orders left open at live brokers until they fill or end (beat: ORDER_SYNC_SECONDS)."""
+    from brokers.services.order_sync import orders_sync
+
+    result = _single_flight("orders-sync", 120, orders_sync)
+    return None if result is None else {"checked": result.checked, "filled": result.filled, "ended": result.ended,
+                                        "settled": result.settled}

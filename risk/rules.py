@@ -24,4 +24,4 @@ def reject(code: str, message: str) -> Decision:
 
 
 def is_exit(intent: dict) -> bool:
-    return intent.get("action") == "exit"
+    return intent.get("action") in ("exit", "close_all")

@@ -1,6 +1,10 @@
 from __future__ import annotations
 
+from decimal import Decimal
+
 from django.conf import settings
+from django.db.models import Sum
+from django.utils import timezone
 
 from brokers.models import BrokerAccount, Execution
 from risk.rules import ALLOW, Decision, is_exit, reject
@@ -20,4 +24,25 @@ def decide(*, execution: Execution) -> Decision:
         if not account.owner.trading_settings.auto_trade:
             return reject("auto_trade_off",
                           "Auto-trade is off in your trading settings: new entries are not placed (exits still run)")
+        if execution.intent.get("limits"):
+            return bot_limits_decide(execution)
+    return ALLOW
+
+
+def bot_limits_decide(execution: Execution) -> Decision:
+    """A bot subscriber's own limits (seed 004): max concurrent positions from the bot, max daily loss."""
+    from brokers.models import Position
+
+    limits, bot_id = execution.intent["limits"], execution.intent["bot"]["id"]
+    positions = Position.objects.filter(account=execution.account, meta__bot=bot_id)
+    most = limits.get("max_concurrent_positions")
+    if most is not None and positions.filter(status=Position.Status.OPEN).count() >= most:
+        return reject("max_concurrent_positions", f"This bot already has {most} open position(s) on "
+                      f"{execution.account.label}, your limit for it: no new entry until one closes")
+    if limits.get("max_daily_loss") is not None:
+        today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        realized = positions.filter(closed_at__gte=today).aggregate(total=Sum("realized_pnl"))["total"] or 0
+        if -realized >= Decimal(limits["max_daily_loss"]):
+            return reject("max_daily_loss", f"Daily loss limit reached for this bot: {-realized:.2f} lost today "
+                          f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow (UTC).")
     return ALLOW

@@ -140,6 +140,21 @@ def test_embedded_mode_from_nothing_to_a_filled_paper_trade(embedded, server):
     assert (Decimal(str(qty)), Decimal(str(avg_price))) == (Decimal("10"), Decimal("265.40"))
     assert Decimal(str(stop_loss)) == Decimal("262.746")
 
+    # The demo bot: its printed curl trades on the customer's paper account through the fan-out.
+    assert demo["bot_webhook_url"] in demo["bot_curl"] and demo["bot_secret"] in demo["bot_curl"]
+    bot_alert = re.search(r"-d '(\{.*\})'$", demo["bot_curl"]).group(1)
+    response = httpx.post(demo["bot_webhook_url"], content=bot_alert, headers={"Content-Type": "text/plain"},
+                          timeout=10)
+    assert response.status_code == 202 and response.json()["total_subscribers"] == 1, response.text
+    bot_signal = uuid.UUID(response.json()["signal_id"]).hex
+    deadline, rows = time.monotonic() + 20, []
+    while time.monotonic() < deadline:
+        rows = _query(db_path, "SELECT status, reason FROM brokers_execution WHERE signal_id = ?", (bot_signal,))
+        if rows and rows[0][0] in TERMINAL:
+            break
+        time.sleep(0.1)
+    assert rows and rows[0][0] == "filled", f"execution of the demo bot alert: {rows}"
+
     live = httpx.get(embedded["url"] + "/livez", timeout=5)
     assert live.status_code == 200
     health = httpx.get(embedded["url"] + "/healthz", timeout=5)

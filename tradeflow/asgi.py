@@ -5,6 +5,7 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tradeflow.settings")
+os.environ.setdefault("TRADEFLOW_PROCESS", "web")  # settings: database connection pool for the web server
 django_asgi_app = get_asgi_application()
 
 from channels.auth import AuthMiddlewareStack  # noqa: E402

@@ -137,7 +137,6 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
-    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -145,6 +144,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    # Last: WhiteNoise is sync-only, and placed early it forces a thread hop around every other middleware
+    # under ASGI (measured: /livez 1.7 → 1.1 ms CPU per request).
+    "whitenoise.middleware.WhiteNoiseMiddleware",
 ]
 
 ROOT_URLCONF = "tradeflow.urls"
@@ -167,8 +169,15 @@ ASGI_APPLICATION = "tradeflow.asgi.application"
 
 if DATABASE_URL:
     DATABASES = {"default": env.db_url("DATABASE_URL")}
-    DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    if os.environ.get("TRADEFLOW_PROCESS") == "web" and env.int("DB_POOL_MAX_SIZE", default=8) > 0:
+        # Under ASGI every request runs in its own thread, so persistent connections pile up (one per thread)
+        # and short-lived ones cost a PostgreSQL backend per request: use psycopg's pool instead.
+        DATABASES["default"]["CONN_MAX_AGE"] = 0
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": 2, "max_size": env.int("DB_POOL_MAX_SIZE", default=8), "timeout": 10}
+    else:
+        DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -186,7 +195,7 @@ else:
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "tradeflow.cache.SharedRedisCache", "LOCATION": REDIS_URL}}
     CHANNEL_LAYERS = {
         "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
     }
@@ -206,8 +215,21 @@ CELERY_BEAT_SCHEDULE = {
     # so it lands within 20 minutes of the first customer's Kite login of the day.
     "kite-instruments-sync": {"task": "brokers.tasks.instruments_sync_task", "schedule": 1200.0},
 }
+# The stop watcher (SL/TP and option strike stops) and the follow-up of orders left open at a broker. A beat
+# message not picked up before the next one is due is dropped rather than piling up behind a busy worker.
+STOP_WATCH_SECONDS = env.float("STOP_WATCH_SECONDS", default=5.0)
+STOP_RETRY_SECONDS = env.int("STOP_RETRY_SECONDS", default=60)  # after a failed stop close, before the next try
+ORDER_SYNC_SECONDS = env.float("ORDER_SYNC_SECONDS", default=15.0)
+ORDER_SYNC_MAX_AGE_HOURS = env.float("ORDER_SYNC_MAX_AGE_HOURS", default=24.0)
+CELERY_BEAT_SCHEDULE["stops-watch"] = {"task": "brokers.tasks.stops_watch_task", "schedule": STOP_WATCH_SECONDS,
+                                       "options": {"expires": STOP_WATCH_SECONDS}}
+CELERY_BEAT_SCHEDULE["orders-sync"] = {"task": "brokers.tasks.orders_sync_task", "schedule": ORDER_SYNC_SECONDS,
+                                       "options": {"expires": ORDER_SYNC_SECONDS}}
 # A signal not sent within this many seconds of its arrival fails instead of trading late.
 SIGNAL_MAX_DELAY_SECONDS = env.int("SIGNAL_MAX_DELAY_SECONDS", default=120)
+# Bot fan-out: the Celery queue of bot subscribers' executions (blank: the default queue). Point it at a worker
+# running an I/O pool (``-Q bots --pool threads --concurrency 100``) so 1,000 broker round trips overlap.
+BOT_EXECUTION_QUEUE = env.str("BOT_EXECUTION_QUEUE", default="")
 # In embedded mode eager tasks are handed to a thread so the webhook answers before execution.
 TASKS_IN_THREAD = envbool("TASKS_IN_THREAD", not REDIS_URL)
 CELERY_TASK_ACKS_LATE = True
@@ -219,6 +241,9 @@ CELERY_TASK_IGNORE_RESULT = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 300}
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+# Celery's Django fixup closes the database connection around every task unless this is set (measured: the
+# reconnect was 60 % of claiming an execution).
+CELERY_DB_REUSE_MAX = env.int("CELERY_DB_REUSE_MAX", default=1000)
 CELERY_TIMEZONE = "UTC"
 
 AUTH_USER_MODEL = "accounts.User"

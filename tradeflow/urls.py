@@ -8,6 +8,7 @@ urlpatterns = [
     path("healthz", health.healthz, name="healthz"),
     path("", include("webhooks.urls")),
     path("", include("brokers.urls")),
+    path("", include("bots.urls")),
     path("", include("accounts.urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),

@@ -216,3 +216,51 @@ def redact_payload(data: Any) -> Any:
     if isinstance(data, list):
         return [redact_payload(v) for v in data]
     return data
+
+
+BOT_ACTIONS = ("buy", "sell", "close", "close_all")
+
+
+def bot_symbol(raw: str) -> str:
+    """TradingView's ``{{ticker}}`` as the broker names it: no exchange prefix, no perpetual ``.P`` suffix."""
+    symbol = raw.strip().upper().rsplit(":", 1)[-1]
+    return symbol[:-2] if symbol.endswith(".P") else symbol
+
+
+def parse_bot(data: Any, *, market_type: str) -> dict[str, Any]:
+    """The bot master format (seed 004): ``{"ticker", "action": buy|sell|close|close_all, "price"}``.
+
+    ``buy``/``sell`` open (sized per subscriber); on a spot bot ``sell`` closes the long, spot having no shorts.
+    ``close`` closes the bot's position in the ticker, ``close_all`` every position the bot opened. Options bots
+    (seeds 000/001 strategy) also carry ``strike`` and ``type``: an entry sells that strike with its hedge.
+    """
+    if not isinstance(data, dict):
+        raise PayloadError({"body": f"must be a JSON object, got {type(data).__name__}"})
+    f = _Fields()
+    ticker = f.text(data, "ticker", "ticker", max_length=64)
+    action = f.choice(data, "action", "action", BOT_ACTIONS)
+    price = f.decimal(data, "price", "price", required=False)
+    option = None
+    if market_type == "options" and action != "close_all":
+        strike = f.decimal(data, "strike", "strike")
+        option_type = f.choice(data, "type", "type", ("ce", "pe"))
+        spot = f.decimal(data, "spot_price", "spot_price", required=False) or price
+        if strike is not None and option_type:
+            option = {"underlying": bot_symbol(ticker or "NIFTY"), "strike": _s(strike),
+                      "option_type": option_type.upper(), "spot": _s(spot)}
+    f.raise_if_any()
+    symbol = bot_symbol(ticker)
+    if not symbol:
+        raise PayloadError({"ticker": "is required"})
+    if action == "close_all":
+        kind, side = "close_all", None
+    elif action == "close" or (action == "sell" and market_type == "spot"):
+        kind, side = "exit", None
+    else:
+        kind, side = "entry", action
+    intent: dict[str, Any] = {"format": "bot", "action": kind, "side": side, "symbol": symbol, "price": _s(price),
+                              "market": market_type}
+    if option:
+        intent |= {"symbol": paper_option_symbol(option["underlying"], Decimal(option["strike"]),
+                                                 option["option_type"]), "option": option}
+    return intent

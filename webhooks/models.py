@@ -17,6 +17,8 @@ class Signal(models.Model):
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     account = models.ForeignKey("brokers.BrokerAccount", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="signals")
+    # A bot's alert (seed 004 ``bot_signals``): its executions are one per subscriber.
+    bot = models.ForeignKey("bots.Bot", null=True, blank=True, on_delete=models.CASCADE, related_name="signals")
     format = models.CharField(max_length=16, choices=Format.choices)
     client_id = models.CharField(max_length=100, blank=True, help_text="The alert's own `id`, if it sent one")
     body_hash = models.CharField(max_length=64)
@@ -25,12 +27,22 @@ class Signal(models.Model):
     source_ip = models.GenericIPAddressField(null=True, blank=True)
     received_at = models.DateTimeField(db_index=True)
     ack_ms = models.DecimalField(max_digits=10, decimal_places=2, null=True, blank=True)
+    # Bot signals: subscribers executed, and their outcomes as they finish (F-expression increments).
+    total_subscribers = models.PositiveIntegerField(default=0)
+    successful = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    rejected = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["-received_at"]
         constraints = [
+            # The explicit `id` is unique per target: per account, or per bot.
             models.UniqueConstraint(fields=["account", "client_id"], condition=~Q(client_id=""),
                                     name="uniq_signal_client_id"),
+            models.UniqueConstraint(fields=["bot", "client_id"], condition=~Q(client_id=""),
+                                    name="uniq_bot_signal_client_id"),
+            models.CheckConstraint(condition=Q(account__isnull=True) | Q(bot__isnull=True),
+                                   name="signal_one_target"),
         ]
 
     def __str__(self) -> str:
@@ -42,6 +54,7 @@ class WebhookLog(models.Model):
 
     account = models.ForeignKey("brokers.BrokerAccount", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="webhook_logs")
+    bot = models.ForeignKey("bots.Bot", null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_logs")
     signal = models.ForeignKey(Signal, null=True, blank=True, on_delete=models.SET_NULL, related_name="logs")
     method = models.CharField(max_length=8)
     path = models.CharField(max_length=300)

@@ -1,5 +1,8 @@
 """Receive an account webhook: authenticate, validate, de-duplicate, store, enqueue, answer.
 
+The shared pieces (request checks, JSON, rate limits, de-duplication, the log row) are also what the bot
+master webhook (``bots/services.py``) is made of.
+
 No broker call happens here. The signal, its execution and the log row are written in one transaction
 and the task is enqueued on commit, so an acknowledged alert is never lost and never half-stored.
 """
@@ -10,6 +13,7 @@ import hashlib
 import json
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -56,7 +60,7 @@ class Reply:
     body: dict
 
 
-def _elapsed_ms(inbound: Inbound) -> Decimal:
+def elapsed_ms(inbound: Inbound) -> Decimal:
     return Decimal((time.perf_counter() - inbound.started) * 1000).quantize(Decimal("0.01"))
 
 
@@ -79,8 +83,18 @@ def parse_json(body: bytes):
         raise WebhookError(400, "malformed_json", f"Body is not usable JSON: {str(exc)[:120]}") from exc
 
 
-def _rate_limited(inbound: Inbound, key: str, rate: str, group: str) -> bool:
+def rate_limited(inbound: Inbound, key: str, rate: str, group: str) -> bool:
     return is_ratelimited(inbound.request, group=group, key=lambda _g, _r: key, rate=rate, increment=True)
+
+
+def check_request(inbound: Inbound) -> None:
+    """What is refused before the body is even parsed: a method other than POST, a body over the limit."""
+    if inbound.method != "POST":
+        raise WebhookError(405, "method_not_allowed", f"{inbound.method} is not accepted: send alerts with POST")
+    size = max(len(inbound.body), inbound.declared_length)
+    if size > settings.WEBHOOK_MAX_BODY_BYTES:
+        raise WebhookError(413, "payload_too_large",
+                           f"Body is {size} bytes; the limit is {settings.WEBHOOK_MAX_BODY_BYTES} (64 KiB)")
 
 
 def _presented_key(inbound: Inbound, data) -> str:
@@ -96,14 +110,14 @@ def _presented_key(inbound: Inbound, data) -> str:
 def _authenticate(inbound: Inbound, data) -> BrokerAccount:
     raw_key = _presented_key(inbound, data)
     key_id = hashlib.sha256(raw_key.encode()).hexdigest()[:32]
-    if _rate_limited(inbound, key_id, settings.WEBHOOK_RATE_LIMIT, "webhook.key"):
+    if rate_limited(inbound, key_id, settings.WEBHOOK_RATE_LIMIT, "webhook.key"):
         raise WebhookError(429, "rate_limited",
                            f"Too many alerts for this key (limit {settings.WEBHOOK_RATE_LIMIT}); slow down and retry")
     account = api_key_authenticate(raw_key)
     if account is None:
         # Unknown keys are also limited per source IP, so guessing keys is slow.
         ip_key = inbound.source_ip or "unknown"
-        if _rate_limited(inbound, ip_key, settings.WEBHOOK_UNKNOWN_KEY_RATE_LIMIT, "webhook.badkey"):
+        if rate_limited(inbound, ip_key, settings.WEBHOOK_UNKNOWN_KEY_RATE_LIMIT, "webhook.badkey"):
             raise WebhookError(429, "rate_limited", "Too many requests with invalid API keys from this address")
         raise WebhookError(401, "unauthorized",
                            "Missing or unknown API key: put it in the URL (/api/v1/webhooks/<key>), an "
@@ -111,41 +125,57 @@ def _authenticate(inbound: Inbound, data) -> BrokerAccount:
     return account
 
 
-def _dedupe_cache_key(account: BrokerAccount, client_id: str, body_hash: str) -> tuple[str, int]:
+def dedupe_key(target: str, client_id: str, body_hash: str) -> tuple[str, int]:
+    """The cache key and lifetime that make an alert count once per target (an account id, or ``bot<id>``)."""
     if client_id:
-        return f"wh:dd:{account.pk}:id:{hashlib.sha256(client_id.encode()).hexdigest()[:32]}", 86400
-    return f"wh:dd:{account.pk}:h:{body_hash}", settings.WEBHOOK_DEDUPE_SECONDS
+        return f"wh:dd:{target}:id:{hashlib.sha256(client_id.encode()).hexdigest()[:32]}", 86400
+    return f"wh:dd:{target}:h:{body_hash}", settings.WEBHOOK_DEDUPE_SECONDS
 
 
 def _duplicate_reply(signal_id: str) -> Reply:
     return Reply(200, {"signal_id": signal_id, "status": "accepted", "duplicate": True})
 
 
-def _log(inbound: Inbound, reply: Reply, *, account: BrokerAccount | None, signal: Signal | None, payload: str,
-         error: str = "") -> WebhookLog:
+def log_request(inbound: Inbound, reply: Reply, *, signal: Signal | None, payload: str, error: str = "",
+                account: BrokerAccount | None = None, bot=None) -> WebhookLog:
     return WebhookLog.objects.create(
-        account=account, signal=signal, method=inbound.method, path=redact(inbound.path)[:300],
+        account=account, bot=bot, signal=signal, method=inbound.method, path=redact(inbound.path)[:300],
         source_ip=inbound.source_ip, status=reply.status, payload=payload, response=reply.body,
-        latency_ms=_elapsed_ms(inbound), error=error,
+        latency_ms=elapsed_ms(inbound), error=error,
     )
 
 
-def _stored_payload(data) -> str:
+def stored_payload(data) -> str:
     return json.dumps(redact_payload(data), default=str)[: settings.WEBHOOK_MAX_BODY_BYTES]
+
+
+def error_reply(inbound: Inbound, exc: WebhookError, *, data, payload_text: str, **target) -> Reply:
+    """The answer to a refused request, and its log row (the raw text when the body was not JSON)."""
+    reply = Reply(exc.status, exc.body())
+    if data is None and not payload_text:
+        payload_text = redact(inbound.body[:2000].decode("utf-8", "replace"))
+    log_request(inbound, reply, signal=None, payload=payload_text, error=exc.message, **target)
+    return reply
+
+
+def invalid_fields(exc: PayloadError, data) -> WebhookError:
+    """A 422 naming every bad field, a bad ``id`` included, so one answer lists everything to fix."""
+    fields = dict(exc.fields)
+    try:
+        client_id_of(data)
+    except PayloadError as id_exc:
+        fields.update(id_exc.fields)
+    error = PayloadError(fields)
+    return WebhookError(422, "invalid_fields", f"The alert has invalid fields: {error}", fields)
 
 
 def webhook_receive(inbound: Inbound) -> Reply:
     """Handle one account webhook request end to end (the view only translates HTTP)."""
     account, data, payload_text = None, None, ""
     try:
-        if inbound.method != "POST":
-            raise WebhookError(405, "method_not_allowed", f"{inbound.method} is not accepted: send alerts with POST")
-        size = max(len(inbound.body), inbound.declared_length)
-        if size > settings.WEBHOOK_MAX_BODY_BYTES:
-            raise WebhookError(413, "payload_too_large",
-                               f"Body is {size} bytes; the limit is {settings.WEBHOOK_MAX_BODY_BYTES} (64 KiB)")
+        check_request(inbound)
         data = parse_json(inbound.body)
-        payload_text = _stored_payload(data)
+        payload_text = stored_payload(data)
         account = _authenticate(inbound, data)
         if not account.enabled:
             raise WebhookError(403, "account_disabled",
@@ -154,58 +184,64 @@ def webhook_receive(inbound: Inbound) -> Reply:
             intent = parse_account_payload(data, account_broker=account.broker)
             client_id = client_id_of(data)
         except PayloadError as exc:
-            fields = dict(exc.fields)
-            try:  # name a bad `id` too, so one answer lists every field to fix
-                client_id_of(data)
-            except PayloadError as id_exc:
-                fields.update(id_exc.fields)
-            error = PayloadError(fields)
-            raise WebhookError(422, "invalid_fields", f"The alert has invalid fields: {error}", fields) from exc
-        return _accept(inbound, account, data, intent, client_id, payload_text)
+            raise invalid_fields(exc, data) from exc
+        return _accept(inbound, account, intent, client_id, payload_text)
     except WebhookError as exc:
-        reply = Reply(exc.status, exc.body())
-        if data is None and not payload_text:
-            payload_text = redact(inbound.body[:2000].decode("utf-8", "replace"))
-        _log(inbound, reply, account=account, signal=None, payload=payload_text, error=exc.message)
+        return error_reply(inbound, exc, data=data, payload_text=payload_text, account=account)
+
+
+def accept_once(inbound: Inbound, *, target: str, client_id: str, payload_text: str, log_target: dict,
+                store: Callable[[uuid.UUID, str], Reply], existing: Callable[[], object]) -> Reply:
+    """Store an alert once: the shared de-duplication of account and bot webhooks.
+
+    The cache claims the alert (explicit ``id``, else the body hash within ``WEBHOOK_DEDUPE_SECONDS``); ``store``
+    writes the signal, its rows and the log in one transaction and enqueues on commit. A unique-constraint
+    violation means the explicit id was used before the cache's memory: ``existing`` finds that signal's id.
+    """
+    body_hash = hashlib.sha256(inbound.body).hexdigest()
+    key, ttl = dedupe_key(target, client_id, body_hash)
+    signal_id = uuid.uuid4()
+    if not cache.add(key, str(signal_id), ttl):
+        previous = cache.get(key)
+        if previous:
+            reply = _duplicate_reply(previous)
+            log_request(inbound, reply, signal=None, payload=payload_text, error="duplicate alert", **log_target)
+            return reply
+    try:
+        with transaction.atomic():
+            reply = store(signal_id, body_hash)
+    except IntegrityError:
+        cache.delete(key)
+        found = existing() if client_id else None
+        if found is None:
+            raise
+        reply = _duplicate_reply(str(found))
+        log_request(inbound, reply, signal=None, payload=payload_text, error="duplicate alert", **log_target)
         return reply
+    except Exception:
+        cache.delete(key)
+        raise
+    return reply
 
 
-def _accept(inbound: Inbound, account: BrokerAccount, data, intent: dict, client_id: str,
-            payload_text: str) -> Reply:
+def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: str, payload_text: str) -> Reply:
     from brokers.tasks import execution_run_task
     from tradeflow.queue import enqueue
 
-    body_hash = hashlib.sha256(inbound.body).hexdigest()
-    dedupe_key, ttl = _dedupe_cache_key(account, client_id, body_hash)
-    signal_id = uuid.uuid4()
-    if not cache.add(dedupe_key, str(signal_id), ttl):
-        previous = cache.get(dedupe_key)
-        if previous:
-            reply = _duplicate_reply(previous)
-            _log(inbound, reply, account=account, signal=None, payload=payload_text, error="duplicate alert")
-            return reply
-    reply = Reply(202, {"signal_id": str(signal_id), "status": "accepted"})
-    try:
-        with transaction.atomic():
-            signal = Signal.objects.create(
-                id=signal_id, account=account, format=intent["format"], client_id=client_id, body_hash=body_hash,
-                payload=json.loads(payload_text), intent=intent, source_ip=inbound.source_ip,
-                received_at=inbound.received_at,
-                ack_ms=_elapsed_ms(inbound),
-            )
-            execution = execution_create_for_signal(signal=signal, account=account)
-            _log(inbound, reply, account=account, signal=signal, payload=payload_text)
-            enqueue(execution_run_task, execution.pk)
-    except IntegrityError:
-        # The explicit id was used before (beyond the cache's memory): the database is the authority.
-        cache.delete(dedupe_key)
-        existing = Signal.objects.filter(account=account, client_id=client_id).values_list("id", flat=True).first()
-        if existing is None:
-            raise
-        reply = _duplicate_reply(str(existing))
-        _log(inbound, reply, account=account, signal=None, payload=payload_text, error="duplicate alert")
+    def store(signal_id: uuid.UUID, body_hash: str) -> Reply:
+        reply = Reply(202, {"signal_id": str(signal_id), "status": "accepted"})
+        signal = Signal.objects.create(
+            id=signal_id, account=account, format=intent["format"], client_id=client_id, body_hash=body_hash,
+            payload=json.loads(payload_text), intent=intent, source_ip=inbound.source_ip,
+            received_at=inbound.received_at, ack_ms=elapsed_ms(inbound),
+        )
+        execution = execution_create_for_signal(signal=signal, account=account)
+        log_request(inbound, reply, account=account, signal=signal, payload=payload_text)
+        enqueue(execution_run_task, execution.pk)
         return reply
-    except Exception:
-        cache.delete(dedupe_key)
-        raise
-    return reply
+
+    def existing():
+        return Signal.objects.filter(account=account, client_id=client_id).values_list("id", flat=True).first()
+
+    return accept_once(inbound, target=str(account.pk), client_id=client_id, payload_text=payload_text,
+                       log_target={"account": account}, store=store, existing=existing)

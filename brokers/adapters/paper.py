@@ -46,8 +46,10 @@ def option_premium_estimate(*, spot: Decimal, strike: Decimal, option_type: str,
 
 
 def quote_set(*, broker: str, symbol: str, price: Decimal) -> None:
-    Quote.objects.update_or_create(broker=broker, symbol=symbol,
-                                   defaults={"price": price, "updated_at": timezone.now()})
+    # One upsert statement instead of update_or_create's SELECT … FOR UPDATE + UPDATE/INSERT.
+    Quote.objects.bulk_create([Quote(broker=broker, symbol=symbol, price=price, updated_at=timezone.now())],
+                              update_conflicts=True, unique_fields=["broker", "symbol"],
+                              update_fields=["price", "updated_at"])
 
 
 class PaperAdapter(BrokerAdapter):

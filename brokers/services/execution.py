@@ -22,7 +22,7 @@ from datetime import timedelta
 from decimal import Decimal
 
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -40,6 +40,8 @@ from brokers.adapters.base import (
 )
 from brokers.calc import round_to_tick, sl_tp_prices
 from brokers.models import BrokerAccount, Execution, Order, Position
+from brokers.services.breakeven import position_breakeven_record
+from brokers.services.outcomes import execution_record_slippage, execution_save_outcome
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import position_apply_fill
 
@@ -50,24 +52,51 @@ LEG_CODES = {"main": "M", "hedge": "H", "exit_main": "X", "exit_hedge": "Y", "cl
 
 def client_order_id(execution_id: int, leg: str) -> str:
     """Deterministic and broker-safe: Kite tags allow 20 alphanumerics, Binance 36 of [.A-Za-z0-9:/_-]."""
-    return f"{settings.ORDER_ID_PREFIX}{execution_id}{LEG_CODES[leg]}"
+    # A bot's close_all closes several positions in one execution: legs close_1, close_2… → C1, C2…
+    code = LEG_CODES.get(leg) or f"C{int(leg.removeprefix('close_'))}"
+    return f"{settings.ORDER_ID_PREFIX}{execution_id}{code}"
 
 
 def execution_create_for_signal(*, signal, account: BrokerAccount) -> Execution:
     return Execution.objects.create(signal=signal, account=account, kind=Execution.Kind.SIGNAL, intent=signal.intent)
 
 
-def execution_create_close(*, position: Position, actor=None) -> Execution:
-    """A manual close of one position, run by the same engine as signals."""
+# A close in one of these states may still trade: a second close of the same position must wait for it.
+CLOSE_IN_FLIGHT = (Execution.Status.PENDING, Execution.Status.RUNNING, Execution.Status.PLACED)
+
+
+def close_in_flight(position: Position) -> Execution | None:
+    """The close of ``position`` that is pending, running or resting at the broker, if any."""
+    return Execution.objects.filter(account_id=position.account_id, kind=Execution.Kind.CLOSE,
+                                    status__in=CLOSE_IN_FLIGHT, intent__position_id=position.pk).first()
+
+
+def execution_create_close(*, position: Position, actor=None, why: str = "", trigger: str = "",
+                           with_hedge: bool = False) -> Execution:
+    """A close of one position (manual, or the stop watcher's), run by the same engine as signals.
+
+    At most one per position at a time: while a close of it is pending, running or resting at the broker, that
+    one is returned and nothing new is created (the position row is locked while checking, so two callers at
+    once cannot both create one). ``with_hedge`` closes an options main leg like an EXIT signal: main leg first,
+    then its hedge. ``why`` (what triggered it) opens the execution's reason, whatever happens next.
+    """
     from brokers.tasks import execution_run_task
     from tradeflow.queue import enqueue
 
     with transaction.atomic():
-        execution = Execution.objects.create(
-            account=position.account, kind=Execution.Kind.CLOSE,
-            intent={"format": "manual", "action": "exit", "symbol": position.symbol, "position_id": position.pk,
-                    "actor_id": getattr(actor, "pk", None)},
-        )
+        Position.objects.select_for_update().filter(pk=position.pk).first()
+        existing = close_in_flight(position)
+        if existing is not None:
+            return existing
+        intent = {"format": "manual", "action": "exit", "symbol": position.symbol, "position_id": position.pk,
+                  "actor_id": getattr(actor, "pk", None)}
+        if with_hedge:
+            meta = position.meta or {}
+            intent |= {"format": "options",
+                       "option": {k: meta.get(k) for k in ("underlying", "strike", "option_type")}}
+        if why:
+            intent |= {"why": why, "trigger": trigger}
+        execution = Execution.objects.create(account=position.account, kind=Execution.Kind.CLOSE, intent=intent)
         enqueue(execution_run_task, execution.pk)
     return execution
 
@@ -82,10 +111,20 @@ def execution_claim(execution_id: int) -> bool:
     )
 
 
+def execution_reason(execution: Execution, code: str, reason: str) -> tuple[str, str]:
+    """A close started by the stop watcher keeps what triggered it in front of whatever happened next."""
+    why = execution.intent.get("why")
+    if not why:
+        return code, reason
+    return code or execution.intent.get("trigger", ""), f"{why}. {reason}" if reason else why
+
+
 def _finish(execution: Execution, status: str, *, code: str = "", reason: str = "") -> Execution:
+    code, reason = execution_reason(execution, code, reason)
     execution.status, execution.reason_code, execution.reason = status, code, reason[:2000]
     execution.finished_at, execution.lease_until = timezone.now(), None
-    execution.save(update_fields=["status", "reason_code", "reason", "finished_at", "lease_until", "latency_ms"])
+    execution_save_outcome(execution, ["status", "reason_code", "reason", "finished_at", "lease_until", "latency_ms",
+                                       "slippage", "slippage_bps"])
     from brokers.live import publish_execution
 
     publish_execution(execution)
@@ -124,7 +163,8 @@ def execution_run(*, execution_id: int) -> Execution:
     """Run (or resume) one execution. Safe to call any number of times."""
     if not execution_claim(execution_id):
         return Execution.objects.get(pk=execution_id)
-    execution = Execution.objects.select_related("account", "account__owner", "signal").get(pk=execution_id)
+    execution = Execution.objects.select_related(
+        "account", "account__owner", "account__owner__trading_settings", "signal").get(pk=execution_id)
     from risk.services import decide
 
     decision = decide(execution=execution)
@@ -151,11 +191,14 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
             gate = ""
             if leg.leg == "hedge" and result.status == "open":
                 result, gate = _cancel_unfilled_hedge(adapter, order, leg)
-            if result.status == "filled" and leg.leg == "main" and leg.sl_tp:
-                warning = _protect(execution, adapter, order, leg, result)
+            if result.status == "filled" and leg.leg == "main":
+                execution_record_slippage(execution, side=leg.side, reference=leg.reference_price,
+                                          fill=result.avg_price)
+                if leg.sl_tp:
+                    warning = _protect(execution, adapter, order, leg, result)
         except BrokerError as exc:
             return _broker_failure(execution, exc, _leg_failure(leg, exc, done))
-        if leg.leg in ("main", "close", "exit_main"):
+        if leg.leg in ("main", "close", "exit_main") or leg.leg.startswith("close_"):
             _record_latency(execution)
         if leg.leg == "hedge" and result.status != "filled":
             # The main leg is sold only against a bought hedge (seeds 000/001): never unhedged.
@@ -264,13 +307,16 @@ def _record_latency(execution: Execution) -> None:
 
 
 def _reserve(execution: Execution, leg: LegPlan) -> Order:
-    order, _ = Order.objects.get_or_create(
-        execution=execution, leg=leg.leg,
-        defaults={"account": execution.account, "client_order_id": client_order_id(execution.pk, leg.leg),
-                  "symbol": leg.symbol, "side": leg.side, "order_type": leg.order_type, "qty": leg.qty,
-                  "price": leg.price},
-    )
-    return order
+    """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides)."""
+    try:
+        with transaction.atomic():
+            return Order.objects.create(
+                execution=execution, leg=leg.leg, account=execution.account,
+                client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,
+                order_type=leg.order_type, qty=leg.qty, price=leg.price,
+            )
+    except IntegrityError:
+        return Order.objects.get(execution=execution, leg=leg.leg)
 
 
 def _request(order: Order, leg: LegPlan) -> OrderRequest:
@@ -338,6 +384,8 @@ def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
         if changed and status == Order.Status.FILLED:
             position_apply_fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
                                 price=result.avg_price, meta=leg.meta)
+            if leg.leg == "main" and leg.meta.get("role") == "main":  # a filled options entry
+                position_breakeven_record(account=order.account, symbol=order.symbol)
     return result
 
 

@@ -3,7 +3,8 @@
 Options format (seeds 000/001, ``options.py``): entry = BUY the hedge (hedge % of the lots, further out of the
 money) *then* SELL the main leg; exit = buy back the main leg first, then sell the hedge. On Kite the contracts
 are looked up in the instruments list. Unified format: one leg; ``close`` flattens the open position in the
-symbol. On Binance (``binance.py``) quantities and prices are made to obey the symbol's exchange filters first.
+symbol. Bot signals (``bot.py``): sized per subscriber from the effective config the fan-out put in the intent.
+On Binance (``binance.py``) quantities and prices are made to obey the symbol's exchange filters first.
 """
 
 from __future__ import annotations
@@ -23,6 +24,14 @@ def plan_legs(execution: Execution, *, adapter=None) -> list[LegPlan]:
     intent, account = execution.intent, execution.account
     if intent.get("format") == "options":
         return options.plan_options(execution)
+    if intent.get("format") == "bot":
+        from brokers.services.planning.bot import plan_bot
+
+        if adapter is None:
+            from brokers.adapters import get_adapter
+
+            adapter = get_adapter(account)
+        return plan_bot(execution, adapter=adapter)
     if account.broker == Broker.BINANCE and not account.is_paper:
         # Imported here: binance_rules imports PlanRejected from this package.
         from brokers.services.planning.binance import plan_binance

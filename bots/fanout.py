@@ -1,0 +1,83 @@
+"""One bot signal → one execution per receiving subscription, dispatched to run in parallel.
+
+Exactly-once per subscriber rests on the engine's guarantees: ``Execution`` is unique per (signal, account), so
+a redelivered fan-out creates nothing new (``ignore_conflicts``) and re-dispatches only what is still pending;
+each execution is claimed with a lease and reserves its orders before any broker call (brokers/services).
+
+Each execution carries the subscriber's effective config in its intent (margin, leverage, lots, SL/TP %, limits),
+so the record shows what was traded and why, and planning needs no further lookups.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+
+from django.conf import settings
+from django.db import transaction
+
+from bots.models import Subscription
+from bots.services import effective_config, receiving_statuses
+from brokers.models import Execution
+from webhooks.models import Signal
+
+log = logging.getLogger(__name__)
+_shuffle = random.SystemRandom().shuffle
+
+
+def _pct(value) -> dict | None:
+    """A stop/target % as the engine's SL/TP spec; 0 % (or none) means no order."""
+    return {"mode": "pct", "value": str(value)} if value else None
+
+
+def execution_intent(intent: dict, subscription: Subscription) -> dict:
+    cfg = effective_config(subscription)
+    out = {**intent, "bot": {"id": subscription.bot_id, "subscription": subscription.pk},
+           "sizing": {"margin": str(cfg.margin), "margin_currency": cfg.margin_currency, "leverage": cfg.leverage,
+                      "lots": cfg.lots},
+           "limits": {"max_daily_loss": None if cfg.max_daily_loss is None else str(cfg.max_daily_loss),
+                      "max_concurrent_positions": cfg.max_concurrent_positions}}
+    if intent["action"] == "entry":
+        out |= {"sl": _pct(cfg.stop_loss_pct), "tp": _pct(cfg.take_profit_pct)}
+        if intent.get("option"):
+            out["lots"] = cfg.lots  # the options planner reads the lots from the intent
+    return out
+
+
+def bot_signal_fan_out(*, signal_id: str) -> list[int]:
+    """Create the signal's executions (idempotent) and return the pending ones' ids in a random order."""
+    signal = Signal.objects.select_related("bot").get(pk=signal_id)
+    bot = signal.bot
+    subscriptions = list(Subscription.objects.filter(bot=bot, status__in=receiving_statuses(signal.intent)))
+    rows = []
+    for subscription in subscriptions:
+        subscription.bot = bot  # one bot object for all: no query per subscriber
+        rows.append(Execution(signal=signal, account_id=subscription.account_id, subscription=subscription,
+                              kind=Execution.Kind.SIGNAL, intent=execution_intent(signal.intent, subscription)))
+    with transaction.atomic():
+        # A redelivered fan-out (worker lost after this commit) conflicts on (signal, account): nothing doubles.
+        Execution.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
+        total = Execution.objects.filter(signal=signal).count()
+        Signal.objects.filter(pk=signal.pk).update(total_subscribers=total)
+    pending = list(Execution.objects.filter(signal=signal, status=Execution.Status.PENDING)
+                   .values_list("pk", flat=True))
+    # A new order every time, so no subscriber is always served last.
+    _shuffle(pending)
+    return pending
+
+
+def executions_dispatch(execution_ids: list[int]) -> None:
+    """Hand each execution to its own Celery task: they run in parallel on the workers' pool, each retried
+    and failed on its own, so one subscriber's broker trouble neither delays nor fails the others."""
+    from brokers.tasks import execution_run_task
+
+    if not execution_ids:
+        return
+    if execution_run_task.app.conf.task_always_eager:
+        for pk in execution_ids:  # embedded mode and tests: in turn, an error in one kept from the rest
+            execution_run_task.apply(args=(pk,), throw=False)
+        return
+    queue = settings.BOT_EXECUTION_QUEUE or None
+    with execution_run_task.app.producer_or_acquire() as producer:  # one connection for the whole batch
+        for pk in execution_ids:
+            execution_run_task.apply_async((pk,), producer=producer, queue=queue)

@@ -1,0 +1,36 @@
+"""Django's Redis cache with one connection pool and client per process.
+
+Django keeps cache objects per request context, and under ASGI every request is its own context, so the
+stock backend builds a new client, pool and TCP connection for each request (measured: ~0.6 ms of CPU
+per webhook). redis-py pools are thread-safe, so one per process and server is enough.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+from django.core.cache.backends.redis import RedisCache, RedisCacheClient
+
+_lock = threading.Lock()
+_clients: dict[tuple[int, str], object] = {}
+
+
+class SharedRedisCacheClient(RedisCacheClient):
+    def get_client(self, key=None, *, write=False):
+        index = self._get_connection_pool_index(write)
+        slot = (os.getpid(), self._servers[index])  # a forked child must not reuse its parent's sockets
+        client = _clients.get(slot)
+        if client is None:
+            with _lock:
+                client = _clients.get(slot)
+                if client is None:
+                    pool = self._pool_class.from_url(self._servers[index], **self._pool_options)
+                    client = _clients[slot] = self._client(connection_pool=pool)
+        return client
+
+
+class SharedRedisCache(RedisCache):
+    def __init__(self, server, params):
+        super().__init__(server, params)
+        self._class = SharedRedisCacheClient
