@@ -6,6 +6,7 @@ from django.shortcuts import redirect, render
 
 from accounts.forms import TradingSettingsForm
 from brokers import selectors
+from risk.selectors import trading_halted
 
 
 @login_required
@@ -16,6 +17,7 @@ def dashboard(request):
         "positions": positions,
         "unrealized": sum((p.unrealized_pnl for p in positions), 0),
         "executions": selectors.execution_list(user=request.user)[:20],
+        "halted": trading_halted(),
     })
 
 

@@ -1,5 +1,5 @@
 from django.apps import AppConfig
 
 
-class RiskConfig(AppConfig):
+class RiskAppConfig(AppConfig):
     name = "risk"

@@ -1,38 +1,79 @@
 from __future__ import annotations
 
+import logging
 from decimal import Decimal
 
 from django.conf import settings
+from django.db import transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from brokers.models import BrokerAccount, Execution
-from risk.rules import ALLOW, Decision, is_exit, reject
+from accounts.services import audit_record
+from brokers.models import BrokerAccount, Execution, Position
+from risk.models import RiskAdmission, RiskConfig, TradingHalt
+from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, reject
+from risk.selectors import risk_config_get, risk_counters, trading_halted
+
+log = logging.getLogger(__name__)
+HALTED = "Trading halted by the operator (global kill switch): nothing was sent. Trading resumes when it is lifted."
 
 
 def decide(*, execution: Execution) -> Decision:
-    """Whether this execution may trade now. Exits are never blocked by entry rules."""
+    """Whether this execution may trade now. Exits are never blocked by entry rules; manual closes and
+    Emergency Stop closes (kind ``close``) run even on a disabled account and while trading is halted."""
     account = execution.account
-    if not account.enabled:
+    is_signal = execution.kind == Execution.Kind.SIGNAL
+    if is_signal and trading_halted():
+        return reject("trading_halted", HALTED)
+    if is_signal and not account.enabled:
         return reject("account_disabled", f"Account {account.label} is disabled; enable it to trade")
     if account.status == BrokerAccount.Status.LOGIN_NEEDED:
         return reject("login_needed", f"Account {account.label} needs a broker login: {account.status_message}")
     if account.mode == BrokerAccount.Mode.LIVE and not settings.LIVE_TRADING_ENABLED:
         return reject("live_trading_disabled",
                       "Live trading is switched off on this server (LIVE_TRADING_ENABLED); nothing was sent")
-    if execution.kind == Execution.Kind.SIGNAL and not is_exit(execution.intent):
+    if is_signal and not is_exit(execution.intent):
         if not account.owner.trading_settings.auto_trade:
             return reject("auto_trade_off",
                           "Auto-trade is off in your trading settings: new entries are not placed (exits still run)")
         if execution.intent.get("limits"):
-            return bot_limits_decide(execution)
+            decision = bot_limits_decide(execution)
+            if not decision.allowed:
+                return decision
+        return entry_admit(execution=execution)
     return ALLOW
+
+
+def entry_admit(*, execution: Execution, now=None) -> Decision:
+    """The user's risk rules for an entry, decided under a per-user lock (the RiskConfig row) together with
+    reserving the trade slot, so concurrent entries see each other and can never pass a limit together."""
+    user = execution.account.owner
+    risk_config_get(user=user)  # create outside the lock's transaction (get_or_create races on insert)
+    with transaction.atomic():
+        config = RiskConfig.objects.select_for_update().get(user=user)
+        if RiskAdmission.objects.filter(execution=execution).exists():  # a resumed execution keeps its slot
+            return ALLOW
+        now = now or timezone.now()
+        counters = risk_counters(user=user, account=execution.account, config=config, now=now)
+        decision = entry_decide(config, counters, execution.intent, now)
+        if decision.allowed:
+            RiskAdmission.objects.create(execution=execution, user=user,
+                                         value=intent_value(execution.intent) or Decimal("0"))
+    if decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
+        positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
+    return decision
+
+
+def positions_flatten(*, user, why: str, actor=None) -> list[Execution]:
+    """Close every open position of ``user`` (one close per position; a close already in flight is reused)."""
+    from brokers.services.execution import execution_create_close
+
+    positions = Position.objects.filter(account__owner=user, status=Position.Status.OPEN).select_related("account")
+    return [execution_create_close(position=p, actor=actor, why=why, trigger="flatten") for p in positions]
 
 
 def bot_limits_decide(execution: Execution) -> Decision:
     """A bot subscriber's own limits (seed 004): max concurrent positions from the bot, max daily loss."""
-    from brokers.models import Position
-
     limits, bot_id = execution.intent["limits"], execution.intent["bot"]["id"]
     positions = Position.objects.filter(account=execution.account, meta__bot=bot_id)
     most = limits.get("max_concurrent_positions")
@@ -46,3 +87,42 @@ def bot_limits_decide(execution: Execution) -> Decision:
             return reject("max_daily_loss", f"Daily loss limit reached for this bot: {-realized:.2f} lost today "
                           f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow (UTC).")
     return ALLOW
+
+
+def trading_halt_set(*, halted: bool, actor=None, reason: str = "") -> TradingHalt:
+    """Turn the global kill switch on or off. Webhooks keep being acknowledged and logged while it is on."""
+    row = TradingHalt.objects.create(halted=halted, actor=actor, reason=reason[:300])
+    audit_record(user=None, actor=actor, action="trading.halted" if halted else "trading.resumed",
+                 target="global kill switch", details={"reason": reason})
+    log.warning("global kill switch %s by %s: %s", "ON" if halted else "OFF", actor, reason)
+    return row
+
+
+def risk_config_update(*, user, actor=None, **fields) -> RiskConfig:
+    config = risk_config_get(user=user)
+    for name, value in fields.items():
+        setattr(config, name, value)
+    config.save()
+    audit_record(user=user, actor=actor, action="risk.config_updated", target=str(config),
+                 details={k: str(v) for k, v in fields.items()})
+    return config
+
+
+def daily_loss_sweep(*, now=None) -> int:
+    """Flatten the open positions of users with ``flatten_on_daily_loss`` whose loss today reached their limit on
+    any account (run by beat, so it acts when the loss is reached, not only at the next entry). Returns how many
+    closes were created; a position with a close already in flight is not closed twice."""
+    from risk.selectors import account_pnl_today, day_start
+
+    now = now or timezone.now()
+    created = 0
+    configs = RiskConfig.objects.filter(enabled=True, flatten_on_daily_loss=True, max_daily_loss__isnull=False,
+                                        user__broker_accounts__positions__status=Position.Status.OPEN).distinct()
+    for config in configs.select_related("user", "user__trading_settings"):
+        since = day_start(user=config.user, now=now)
+        accounts = BrokerAccount.objects.filter(owner=config.user)
+        if any(account_pnl_today(account=a, since=since) <= -config.max_daily_loss for a in accounts):
+            closes = positions_flatten(user=config.user, why="Daily loss limit reached: open positions flattened")
+            audit_record(user=config.user, action="risk.daily_loss_flatten", target=f"{len(closes)} position(s)")
+            created += len(closes)
+    return created

@@ -223,6 +223,9 @@ ORDER_SYNC_SECONDS = env.float("ORDER_SYNC_SECONDS", default=15.0)
 ORDER_SYNC_MAX_AGE_HOURS = env.float("ORDER_SYNC_MAX_AGE_HOURS", default=24.0)
 CELERY_BEAT_SCHEDULE["stops-watch"] = {"task": "brokers.tasks.stops_watch_task", "schedule": STOP_WATCH_SECONDS,
                                        "options": {"expires": STOP_WATCH_SECONDS}}
+# Users who chose to flatten on their daily loss limit: checked between signals too.
+CELERY_BEAT_SCHEDULE["risk-daily-loss"] = {"task": "risk.tasks.daily_loss_sweep_task", "schedule": 30.0,
+                                           "options": {"expires": 30.0}}
 CELERY_BEAT_SCHEDULE["orders-sync"] = {"task": "brokers.tasks.orders_sync_task", "schedule": ORDER_SYNC_SECONDS,
                                        "options": {"expires": ORDER_SYNC_SECONDS}}
 # A signal not sent within this many seconds of its arrival fails instead of trading late.

@@ -10,6 +10,7 @@ urlpatterns = [
     path("", include("brokers.urls")),
     path("", include("bots.urls")),
     path("", include("accounts.urls")),
+    path("", include("risk.urls")),
     path("admin/", admin.site.urls),
     path("accounts/", include("allauth.urls")),
 ]

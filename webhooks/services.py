@@ -14,18 +14,22 @@ import json
 import time
 import uuid
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
 
 from django.conf import settings
-from django.core.cache import cache
+from django.core.cache import cache, caches
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django_ratelimit import core as ratelimit_core
 from django_ratelimit.core import is_ratelimited
 
-from brokers.models import BrokerAccount
-from brokers.services import api_key_authenticate, execution_create_for_signal
+from brokers.models import BrokerAccount, Execution
+from brokers.services import api_key_authenticate
+from tradeflow.cache import SharedRedisCache
+from tradeflow.fastinsert import insert, insert_together
 from tradeflow.logging import redact
 from webhooks.formats import PayloadError, client_id_of, parse_account_payload, redact_payload
 from webhooks.models import Signal, WebhookLog
@@ -84,7 +88,25 @@ def parse_json(body: bytes):
 
 
 def rate_limited(inbound: Inbound, key: str, rate: str, group: str) -> bool:
-    return is_ratelimited(inbound.request, group=group, key=lambda _g, _r: key, rate=rate, increment=True)
+    """django-ratelimit's fixed window per ``key``; on Redis in one pipelined round trip instead of two.
+
+    ``is_ratelimited`` does ``cache.add(key, 1, ttl)`` and, when the key exists, ``cache.incr(key)``: two
+    round trips. On the shared Redis cache the same thing is ``SET key 0 EX ttl NX`` + ``INCR key`` in one
+    pipeline, with django-ratelimit's own rate parsing, window (with its per-key jitter), cache key and TTL,
+    so both paths count in the same Redis key and trip at the same request.
+    """
+    limiter_cache = caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")]
+    if not isinstance(limiter_cache, SharedRedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
+        return is_ratelimited(inbound.request, group=group, key=lambda _g, _r: key, rate=rate, increment=True)
+    limit, period = ratelimit_core._split_rate(rate)
+    window = ratelimit_core._get_window(key, period)
+    cache_key = limiter_cache.make_and_validate_key(
+        ratelimit_core._make_cache_key(group, window, rate, key, ratelimit_core.ALL))
+    pipe = limiter_cache._cache.get_client(write=True).pipeline(transaction=False)
+    pipe.set(cache_key, 0, ex=period + ratelimit_core.EXPIRATION_FUDGE, nx=True)
+    pipe.incr(cache_key)
+    _, count = pipe.execute()
+    return count > limit
 
 
 def check_request(inbound: Inbound) -> None:
@@ -136,13 +158,23 @@ def _duplicate_reply(signal_id: str) -> Reply:
     return Reply(200, {"signal_id": signal_id, "status": "accepted", "duplicate": True})
 
 
+def log_values(inbound: Inbound, reply: Reply, *, signal: Signal | None, payload: str, error: str = "",
+               account: BrokerAccount | None = None, bot=None, signal_id=None) -> dict:
+    """The fields of a request's log row (``signal_id`` for a signal stored in the same statement)."""
+    values = dict(account=account, bot=bot, method=inbound.method, path=redact(inbound.path)[:300],
+                  source_ip=inbound.source_ip, status=reply.status, payload=payload, response=reply.body,
+                  latency_ms=elapsed_ms(inbound), error=error)
+    if signal_id is not None:
+        values["signal_id"] = signal_id
+    else:
+        values["signal"] = signal
+    return values
+
+
 def log_request(inbound: Inbound, reply: Reply, *, signal: Signal | None, payload: str, error: str = "",
                 account: BrokerAccount | None = None, bot=None) -> WebhookLog:
-    return WebhookLog.objects.create(
-        account=account, bot=bot, signal=signal, method=inbound.method, path=redact(inbound.path)[:300],
-        source_ip=inbound.source_ip, status=reply.status, payload=payload, response=reply.body,
-        latency_ms=elapsed_ms(inbound), error=error,
-    )
+    return insert(WebhookLog, **log_values(inbound, reply, signal=signal, payload=payload, error=error,
+                                           account=account, bot=bot))
 
 
 def stored_payload(data) -> str:
@@ -191,12 +223,14 @@ def webhook_receive(inbound: Inbound) -> Reply:
 
 
 def accept_once(inbound: Inbound, *, target: str, client_id: str, payload_text: str, log_target: dict,
-                store: Callable[[uuid.UUID, str], Reply], existing: Callable[[], object]) -> Reply:
+                store: Callable[[uuid.UUID, str], Reply], existing: Callable[[], object],
+                atomic: bool = True) -> Reply:
     """Store an alert once: the shared de-duplication of account and bot webhooks.
 
     The cache claims the alert (explicit ``id``, else the body hash within ``WEBHOOK_DEDUPE_SECONDS``); ``store``
-    writes the signal, its rows and the log in one transaction and enqueues on commit. A unique-constraint
-    violation means the explicit id was used before the cache's memory: ``existing`` finds that signal's id.
+    writes the signal, its rows and the log in one transaction and enqueues on commit (``atomic=False``: ``store``
+    makes its writes all or nothing itself). A unique-constraint violation means the explicit id was used before
+    the cache's memory: ``existing`` finds that signal's id.
     """
     body_hash = hashlib.sha256(inbound.body).hexdigest()
     key, ttl = dedupe_key(target, client_id, body_hash)
@@ -208,7 +242,7 @@ def accept_once(inbound: Inbound, *, target: str, client_id: str, payload_text: 
             log_request(inbound, reply, signal=None, payload=payload_text, error="duplicate alert", **log_target)
             return reply
     try:
-        with transaction.atomic():
+        with transaction.atomic() if atomic else nullcontext():
             reply = store(signal_id, body_hash)
     except IntegrityError:
         cache.delete(key)
@@ -229,14 +263,20 @@ def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: s
     from tradeflow.queue import enqueue
 
     def store(signal_id: uuid.UUID, body_hash: str) -> Reply:
+        """Signal, execution and log row all or nothing (on PostgreSQL one statement), then enqueue on commit."""
         reply = Reply(202, {"signal_id": str(signal_id), "status": "accepted"})
-        signal = Signal.objects.create(
+        signal_values = dict(
             id=signal_id, account=account, format=intent["format"], client_id=client_id, body_hash=body_hash,
             payload=json.loads(payload_text), intent=intent, source_ip=inbound.source_ip,
             received_at=inbound.received_at, ack_ms=elapsed_ms(inbound),
         )
-        execution = execution_create_for_signal(signal=signal, account=account)
-        log_request(inbound, reply, account=account, signal=signal, payload=payload_text)
+        # What execution_create_for_signal stores, with the signal's id known up front (a client-made UUID).
+        execution_values = dict(signal_id=signal_id, account=account, kind=Execution.Kind.SIGNAL, intent=intent)
+        _, execution, _ = insert_together(
+            (Signal, signal_values), (Execution, execution_values),
+            (WebhookLog, log_values(inbound, reply, account=account, signal=None, signal_id=signal_id,
+                                    payload=payload_text)),
+        )
         enqueue(execution_run_task, execution.pk)
         return reply
 
@@ -244,4 +284,4 @@ def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: s
         return Signal.objects.filter(account=account, client_id=client_id).values_list("id", flat=True).first()
 
     return accept_once(inbound, target=str(account.pk), client_id=client_id, payload_text=payload_text,
-                       log_target={"account": account}, store=store, existing=existing)
+                       log_target={"account": account}, store=store, existing=existing, atomic=False)

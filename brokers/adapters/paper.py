@@ -12,7 +12,7 @@ import math
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError
 from django.utils import timezone
 
 from brokers.adapters.base import (
@@ -24,6 +24,7 @@ from brokers.adapters.base import (
     OrderResult,
 )
 from brokers.models import Broker, PaperOrder, Position, Quote
+from tradeflow.fastinsert import savepoint_if_nested
 
 PAPER_VOLATILITY = 0.15
 OPTION_TICK = Decimal("0.05")
@@ -46,8 +47,13 @@ def option_premium_estimate(*, spot: Decimal, strike: Decimal, option_type: str,
 
 
 def quote_set(*, broker: str, symbol: str, price: Decimal) -> None:
-    # One upsert statement instead of update_or_create's SELECT … FOR UPDATE + UPDATE/INSERT.
-    Quote.objects.bulk_create([Quote(broker=broker, symbol=symbol, price=price, updated_at=timezone.now())],
+    # Once a symbol has a quote (the usual case) this is one UPDATE; bulk_create's upsert would add BEGIN and
+    # COMMIT around its INSERT (two more round trips). The first quote of a symbol is one upsert statement
+    # instead of update_or_create's SELECT … FOR UPDATE + UPDATE/INSERT, so two first fills at once are safe.
+    now = timezone.now()
+    if Quote.objects.filter(broker=broker, symbol=symbol).update(price=price, updated_at=now):
+        return
+    Quote.objects.bulk_create([Quote(broker=broker, symbol=symbol, price=price, updated_at=now)],
                               update_conflicts=True, unique_fields=["broker", "symbol"],
                               update_fields=["price", "updated_at"])
 
@@ -89,7 +95,7 @@ class PaperAdapter(BrokerAdapter):
         elif request.order_type != "market":
             raise BrokerRejected(f"Paper broker does not take {request.order_type} orders", code="unsupported_type")
         try:
-            with transaction.atomic():
+            with savepoint_if_nested():  # in autocommit the INSERT alone is atomic: no BEGIN/COMMIT round trips
                 order = PaperOrder.objects.create(
                     account=self.account, client_order_id=request.client_order_id, symbol=request.symbol,
                     side=request.side, qty=request.qty, price=price,

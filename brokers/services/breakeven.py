@@ -53,7 +53,7 @@ def _plain(value: Decimal) -> str:
     return format(value.quantize(Decimal("0.0001")).normalize(), "f")
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # called inside the fill's transaction: no savepoint round trips
 def position_breakeven_record(*, account: BrokerAccount, symbol: str) -> Decimal | None:
     """Store the breakeven of the open main leg ``symbol`` in ``Position.meta["breakeven"]``.
 

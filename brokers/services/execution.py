@@ -44,6 +44,7 @@ from brokers.services.breakeven import position_breakeven_record
 from brokers.services.outcomes import execution_record_slippage, execution_save_outcome
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import position_apply_fill
+from tradeflow.fastinsert import savepoint_if_nested
 
 log = logging.getLogger(__name__)
 LEASE = timedelta(seconds=settings.CELERY_TASK_TIME_LIMIT + 30)
@@ -309,7 +310,7 @@ def _record_latency(execution: Execution) -> None:
 def _reserve(execution: Execution, leg: LegPlan) -> Order:
     """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides)."""
     try:
-        with transaction.atomic():
+        with savepoint_if_nested():  # in autocommit the INSERT alone is atomic: no BEGIN/COMMIT round trips
             return Order.objects.create(
                 execution=execution, leg=leg.leg, account=execution.account,
                 client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,

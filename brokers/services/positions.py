@@ -15,7 +15,7 @@ def _locked_open_position(account: BrokerAccount, symbol: str) -> Position | Non
                                                        status=Position.Status.OPEN).first()
 
 
-@transaction.atomic
+@transaction.atomic(savepoint=False)  # callers that hold a transaction roll it all back on an error anyway
 def position_apply_fill(*, account: BrokerAccount, symbol: str, side: str, qty: Decimal, price: Decimal,
                         meta: dict | None = None) -> tuple[Position, Decimal]:
     """Book a fill into the account's net position for ``symbol``; returns (position, realized P&L).

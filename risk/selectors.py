@@ -1,0 +1,71 @@
+"""Reads for the risk engine: the counters snapshot the rules see, and the kill switch state."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from decimal import Decimal
+from zoneinfo import ZoneInfo
+
+from django.db.models import Q, Sum
+
+from brokers.models import BrokerAccount, Execution, Position
+from risk.models import CalendarEvent, RiskAdmission, RiskConfig, TradingHalt
+from risk.rules import Counters, NewsEvent, symbols
+
+IN_FLIGHT = (Execution.Status.PENDING, Execution.Status.RUNNING)
+NOT_TRADED = (Execution.Status.REJECTED, Execution.Status.FAILED)
+
+
+def trading_halt_current() -> TradingHalt | None:
+    return TradingHalt.objects.select_related("actor").first()
+
+
+def trading_halted() -> bool:
+    latest = TradingHalt.objects.values_list("halted", flat=True).first()
+    return bool(latest)
+
+
+def risk_config_get(*, user) -> RiskConfig:
+    config, _ = RiskConfig.objects.get_or_create(user=user)
+    return config
+
+
+def day_start(*, user, now: datetime) -> datetime:
+    """Midnight today in the user's timezone (their trading settings), as an aware datetime."""
+    settings_ = getattr(user, "trading_settings", None)
+    tz = ZoneInfo(getattr(settings_, "timezone", None) or "Asia/Kolkata")
+    local = now.astimezone(tz)
+    return local.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def account_pnl_today(*, account: BrokerAccount, since: datetime) -> Decimal:
+    """Realized P&L of positions closed since ``since`` plus the open positions' realized and unrealized P&L."""
+    positions = Position.objects.filter(account=account)
+    realized = positions.filter(status=Position.Status.CLOSED, closed_at__gte=since).aggregate(
+        total=Sum("realized_pnl"))["total"] or Decimal("0")
+    for position in positions.filter(status=Position.Status.OPEN):
+        realized += position.unrealized_pnl + (position.realized_pnl if position.opened_at >= since else 0)
+    return realized
+
+
+def news_events(*, config: RiskConfig, now: datetime) -> list[NewsEvent]:
+    if not config.news_lockout_enabled:
+        return []
+    window = timedelta(minutes=max(config.news_minutes_before, config.news_minutes_after) + 1)
+    qs = CalendarEvent.objects.filter(impact=CalendarEvent.Impact.HIGH, starts_at__gte=now - window,
+                                      starts_at__lte=now + window)
+    markets = symbols(config.news_markets)
+    if markets:
+        qs = qs.filter(Q(market__in=markets) | Q(market=""))
+    return [NewsEvent(e.starts_at, e.title, e.market) for e in qs]
+
+
+def risk_counters(*, user, account: BrokerAccount, config: RiskConfig, now: datetime) -> Counters:
+    since = day_start(user=user, now=now)
+    admitted = RiskAdmission.objects.filter(user=user)
+    trades = admitted.filter(created_at__gte=since).exclude(execution__status__in=NOT_TRADED).count()
+    in_flight = admitted.filter(execution__status__in=IN_FLIGHT).count()
+    open_count = Position.objects.filter(account__owner=user, status=Position.Status.OPEN).count()
+    return Counters(pnl_today=account_pnl_today(account=account, since=since), trades_today=trades,
+                    open_positions=open_count + in_flight, currency=account.currency,
+                    events=news_events(config=config, now=now))

@@ -1,0 +1,99 @@
+"""``tradeflow.fastinsert.insert`` stores what ``objects.create`` stores, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import uuid
+from decimal import Decimal
+
+import time_machine
+from django.utils import timezone
+
+from brokers.models import Execution
+from tradeflow.fastinsert import insert
+from webhooks.models import Signal, WebhookLog
+
+
+def test_insert_matches_create(paper, django_assert_num_queries):
+    account, _ = paper
+    signal_id = uuid.uuid4()
+    now = timezone.now().replace(microsecond=123456)
+    with time_machine.travel(now, tick=False):
+        with django_assert_num_queries(1):
+            signal = insert(Signal, id=signal_id, account=account, format="unify.v1", client_id="a1", body_hash="h",
+                            payload={"x": "1.5", "nested": [1, None]}, intent={"side": "buy"}, source_ip="::1",
+                            received_at=now, ack_ms=Decimal("1.25"))
+        with django_assert_num_queries(1):
+            execution = insert(Execution, signal=signal, account=account, kind=Execution.Kind.SIGNAL,
+                               intent=signal.intent)
+        log = insert(WebhookLog, account=account, signal=signal, method="POST", path="/p", source_ip="127.0.0.1",
+                     status=202, payload="{}", response={"signal_id": str(signal_id)}, latency_ms=Decimal("0.5"),
+                     error="")
+    assert signal.pk == signal_id and not signal._state.adding
+    stored = Signal.objects.get(pk=signal_id)
+    assert (stored.account_id, stored.payload, stored.intent, stored.ack_ms, stored.received_at, stored.source_ip) == (
+        account.pk, {"x": "1.5", "nested": [1, None]}, {"side": "buy"}, Decimal("1.25"), now, "::1")
+    assert stored.total_subscribers == 0  # model defaults apply
+    assert isinstance(execution.pk, int) and Execution.objects.get(pk=execution.pk).signal_id == signal_id
+    fresh = Execution.objects.get(pk=execution.pk)
+    assert (fresh.status, fresh.attempts, fresh.created_at, fresh.intent) == (
+        Execution.Status.PENDING, 0, now, {"side": "buy"})  # defaults and auto_now_add
+    stored_log = WebhookLog.objects.get(pk=log.pk)
+    assert (stored_log.response, stored_log.latency_ms, stored_log.created_at, stored_log.bot_id) == (
+        {"signal_id": str(signal_id)}, Decimal("0.50"), now, None)
+    second = insert(Execution, signal=Signal.objects.create(
+        account=account, format="unify.v1", body_hash="h2", payload={}, intent={}, received_at=now),
+        account=account)
+    assert second.pk > execution.pk
+
+
+def _rows(account, signal_id, client_id="c1"):
+    now = timezone.now()
+    return (
+        (Signal, dict(id=signal_id, account=account, format="unify.v1", client_id=client_id, body_hash="h",
+                      payload={"a": 1}, intent={"side": "buy"}, received_at=now, ack_ms=Decimal("0.10"))),
+        (Execution, dict(signal_id=signal_id, account=account, kind=Execution.Kind.SIGNAL, intent={"side": "buy"})),
+        (WebhookLog, dict(account=account, signal_id=signal_id, method="POST", path="/p", status=202, payload="{}",
+                          response={"ok": True}, latency_ms=Decimal("1"))),
+    )
+
+
+def test_insert_together_stores_all_rows_in_one_go(paper, django_assert_max_num_queries):
+    from django.db import connection
+
+    from tradeflow.fastinsert import insert_together
+
+    account, _ = paper
+    signal_id = uuid.uuid4()
+    # PostgreSQL: one statement (plus the SAVEPOINT/RELEASE pair of the test's transaction).
+    with django_assert_max_num_queries(3 if connection.vendor == "postgresql" else 5):
+        signal, execution, log = insert_together(*_rows(account, signal_id))
+    assert signal.pk == signal_id and isinstance(execution.pk, int) and isinstance(log.pk, int)
+    assert Execution.objects.get(pk=execution.pk).signal_id == signal_id
+    assert WebhookLog.objects.get(pk=log.pk).signal_id == signal_id
+    assert Signal.objects.get(pk=signal_id).payload == {"a": 1}
+
+
+def _all_or_nothing(account):
+    import pytest
+    from django.db import IntegrityError
+
+    from tradeflow.fastinsert import insert_together
+
+    insert_together(*_rows(account, uuid.uuid4(), client_id="same"))
+    before = (Signal.objects.count(), Execution.objects.count(), WebhookLog.objects.count())
+    with pytest.raises(IntegrityError):  # the signal's (account, client_id) is taken: nothing is stored
+        insert_together(*_rows(account, uuid.uuid4(), client_id="same"))
+    assert (Signal.objects.count(), Execution.objects.count(), WebhookLog.objects.count()) == before
+    insert_together(*_rows(account, uuid.uuid4(), client_id="other"))  # the connection is still usable
+    assert Signal.objects.count() == before[0] + 1
+
+
+def test_insert_together_is_all_or_nothing_inside_a_transaction(paper):
+    _all_or_nothing(paper[0])
+
+
+def test_insert_together_is_all_or_nothing_in_autocommit(transactional_db, owner):
+    from tests.factories import paper_account
+
+    account, _ = paper_account(owner=owner)
+    _all_or_nothing(account)
