@@ -61,11 +61,17 @@ def news_events(*, config: RiskConfig, now: datetime) -> list[NewsEvent]:
 
 
 def risk_counters(*, user, account: BrokerAccount, config: RiskConfig, now: datetime) -> Counters:
+    """The counters the config's rules read; a counter no rule uses is not queried (this runs per entry)."""
+    on = config.enabled
     since = day_start(user=user, now=now)
     admitted = RiskAdmission.objects.filter(user=user)
-    trades = admitted.filter(created_at__gte=since).exclude(execution__status__in=NOT_TRADED).count()
-    in_flight = admitted.filter(execution__status__in=IN_FLIGHT).count()
-    open_count = Position.objects.filter(account__owner=user, status=Position.Status.OPEN).count()
-    return Counters(pnl_today=account_pnl_today(account=account, since=since), trades_today=trades,
-                    open_positions=open_count + in_flight, currency=account.currency,
-                    events=news_events(config=config, now=now))
+    trades = (admitted.filter(created_at__gte=since).exclude(execution__status__in=NOT_TRADED).count()
+              if on and config.max_trades_per_day is not None else 0)
+    open_count = 0
+    if on and config.max_open_positions is not None:
+        in_flight = admitted.filter(execution__status__in=IN_FLIGHT).count()
+        open_count = Position.objects.filter(account__owner=user, status=Position.Status.OPEN).count() + in_flight
+    pnl = account_pnl_today(account=account, since=since) if on and config.max_daily_loss is not None else Decimal(0)
+    events = news_events(config=config, now=now) if on and config.news_lockout_enabled else []
+    return Counters(pnl_today=pnl, trades_today=trades, open_positions=open_count, currency=account.currency,
+                    events=events)
