@@ -310,3 +310,14 @@ def test_daily_loss_sweep_leaves_users_without_flatten_alone(account, broker, ow
     rules(owner, max_daily_loss=D("150"), flatten_on_daily_loss=False)
     Position.objects.filter(symbol="AAA").update(last_price=D("50"))
     assert daily_loss_sweep() == 0 and not Execution.objects.filter(kind="close").exists()
+
+
+def test_a_rejection_is_shown_on_the_alerts_webhook_log_row(client, paper, django_capture_on_commit_callbacks):
+    account, key = paper
+    rules(account.owner, max_trades_per_day=0)
+    body = '{"version": "unify.v1", "intent": {"side": "buy", "symbol": "BTCUSDT", "qty": 1, "price": 100}}'
+    with django_capture_on_commit_callbacks(execute=True):
+        answer = client.post(f"/api/v1/webhooks/{key}", data=body, content_type="text/plain")
+    assert answer.status_code == 202
+    log = WebhookLog.objects.get(signal_id=answer.json()["signal_id"])
+    assert log.status == 202 and log.error.startswith("Rejected: Daily trade limit reached: 0 trades")

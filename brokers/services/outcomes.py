@@ -18,9 +18,20 @@ OUTCOME = {Execution.Status.FILLED: "successful", Execution.Status.PLACED: "succ
            Execution.Status.REJECTED: "rejected", Execution.Status.FAILED: "failed"}
 
 
+def _log_outcome(execution: Execution) -> None:
+    """An account alert's rejection or failure also shows on its webhook log row (which said 202)."""
+    if execution.status in (Execution.Status.REJECTED, Execution.Status.FAILED):
+        from webhooks.models import WebhookLog
+
+        WebhookLog.objects.filter(signal_id=execution.signal_id, error="").update(
+            error=f"{execution.get_status_display()}: {execution.reason}"[:2000])
+
+
 def execution_save_outcome(execution: Execution, fields: list[str]) -> None:
     if not (execution.signal_id and execution.subscription_id):
         execution.save(update_fields=fields)
+        if execution.signal_id:
+            _log_outcome(execution)
         return
     from webhooks.models import Signal
 
