@@ -10,6 +10,7 @@ so the record shows what was traded and why, and planning needs no further looku
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 
@@ -79,5 +80,10 @@ def executions_dispatch(execution_ids: list[int]) -> None:
         return
     queue = settings.BOT_EXECUTION_QUEUE or None
     with execution_run_task.app.producer_or_acquire() as producer:  # one connection for the whole batch
-        for pk in execution_ids:
-            execution_run_task.apply_async((pk,), producer=producer, queue=queue)
+        # One pipelined round trip per 500 messages (kombu ≥ 5.7 on Redis; elsewhere one by one). Sent one at a
+        # time, this thread waited for the GIL after every send behind the workers' busy threads, and the last
+        # subscribers' tasks reached the queue seconds late.
+        batch = producer.batch(max_size=500) if hasattr(producer, "batch") else contextlib.nullcontext()
+        with batch:
+            for pk in execution_ids:
+                execution_run_task.apply_async((pk,), producer=producer, queue=queue)

@@ -33,9 +33,6 @@ def execution_list(*, user) -> QuerySet[Execution]:
 
 
 def position_snapshot(*, user) -> list[dict]:
-    return [
-        {"id": p.pk, "account": p.account.label, "symbol": p.symbol, "side": p.side, "qty": str(p.qty),
-         "avg_price": str(p.avg_price), "last_price": str(p.last_price) if p.last_price is not None else None,
-         "unrealized_pnl": str(p.unrealized_pnl), "realized_pnl": str(p.realized_pnl)}
-        for p in position_list(user=user)
-    ]
+    from brokers.live import position_event
+
+    return [position_event(p) for p in position_list(user=user)]

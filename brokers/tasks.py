@@ -52,6 +52,9 @@ def execution_run_task(self, execution_id: int) -> None:
         except Exception:  # the database itself may be what failed: retry anyway, the sweeper is the backstop
             log.exception("could not record the crash of execution %s", execution_id)
         raise self.retry(exc=exc, countdown=min(2 ** self.request.retries, 30)) from exc
+    if getattr(execution, "protection_deferred", False):  # main order filled: its SL/TP go behind the others'
+        execution_run_task.apply_async((execution_id,), queue=settings.BOT_EXECUTION_QUEUE or None)
+        return
     if execution.status == Execution.Status.RUNNING and not self.request.is_eager:
         # Another attempt holds the lease. After a lost worker (reject_on_worker_lost) the message is back
         # at once, while the dead attempt's lease still runs: come back when it expires instead of dropping it.
@@ -123,3 +126,12 @@ def orders_sync_task() -> dict | None:
     result = _single_flight("orders-sync", 120, orders_sync)
     return None if result is None else {"checked": result.checked, "filled": result.filled, "ended": result.ended,
                                         "settled": result.settled}
+
+
+@shared_task(ignore_result=True, time_limit=30, soft_time_limit=25)
+def prices_feed_task() -> dict | None:
+    """Mark open positions to market and push the P&L to the dashboards (beat: PRICE_FEED_SECONDS)."""
+    from brokers.services.prices import prices_mark
+
+    result = _single_flight("prices-feed", 30, prices_mark)
+    return None if result is None else {"checked": result.checked, "changed": len(result.changed)}

@@ -23,3 +23,4 @@ WEBHOOK_RATE_LIMIT = "1000/m"
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
 DEBUG = False
 ALLOWED_HOSTS = ["*"]
+SIMULATED_FEED = False  # a test that wants the demo feed starts it

@@ -244,6 +244,63 @@ def test_a_subscriber_whose_broker_fails_does_not_affect_the_other(binance, bot,
     assert [r.api_key for r in binance.calls("/fapi/v1/order", "POST")] == [healthy.account.api_key]
 
 
+@pytest.mark.slow
+def test_with_a_queue_the_main_order_goes_first_and_its_stops_in_a_follow_up_run(binance, bot, owner, client, settings,
+                                                                               django_capture_on_commit_callbacks,
+                                                                               monkeypatch):
+    """Workers with a real queue: the main order is acknowledged, the execution is queued again (behind the other
+    subscribers' main orders) and that run places the SL/TP, never resending the main order or deciding again."""
+    from bots.fanout import bot_signal_fan_out
+    from brokers.tasks import execution_run_task
+
+    sub = binance_sub(bot, owner, binance)
+    body = {"ticker": "BTCUSDT", "action": "buy", "secret": bot.raw_secret, "price": 95000}
+    with django_capture_on_commit_callbacks(execute=False):  # the fan-out is run by hand below
+        response = client.post(f"/api/v1/bots/webhook/master/{bot.webhook_path}", data=json.dumps(body),
+                               content_type="text/plain")
+    [pk] = bot_signal_fan_out(signal_id=response.json()["signal_id"])
+    settings.CELERY_TASK_ALWAYS_EAGER = False
+    settings.BOT_DEFER_PROTECTION = True  # off by default; this test is about the deferred mode
+    queued = []
+    monkeypatch.setattr(execution_run_task, "apply_async", lambda args, **kw: queued.append(args))
+
+    execution_run_task.apply(args=(pk,))
+
+    assert queued == [(pk,)]
+    execution = Execution.objects.get(pk=pk)
+    assert execution.status == "running" and execution.latency_ms > 0 and execution.slippage == D("234.5")
+    assert len(binance.calls("/fapi/v1/order", "POST")) == 1 and binance.calls("/fapi/v1/algoOrder", "POST") == []
+    assert Order.objects.get(execution=execution, leg="main").status == "filled"
+    latency = execution.latency_ms
+
+    owner.trading_settings.auto_trade = False  # a fresh decision would now refuse: the resumed run does not ask
+    owner.trading_settings.save()
+    execution_run_task.apply(args=(pk,))
+
+    execution.refresh_from_db()
+    assert (execution.status, execution.reason_code, execution.latency_ms) == ("filled", "", latency)
+    assert queued == [(pk,)]
+    assert len(binance.calls("/fapi/v1/order", "POST")) == 1
+    assert sorted(r.params["type"] for r in binance.calls("/fapi/v1/algoOrder", "POST")) == [
+        "STOP_MARKET", "TAKE_PROFIT_MARKET"]
+    held = Position.objects.get(account=sub.account)
+    assert (held.qty, held.stop_loss, held.take_profit) == (D("0.01"), D("92853.6"), D("99996.2"))
+
+
+def test_with_a_queue_a_lost_follow_up_is_resumed_by_the_sweeper(owner, bot, fire, settings):
+    """The deferred execution waits ``running`` with an expired lease: the sweeper re-enqueues it."""
+    settings.BOT_DEFER_PROTECTION = True
+    from django.utils import timezone
+
+    from brokers.tasks import executions_sweep
+
+    paper_sub(bot, owner)
+    signal = fire(bot)
+    execution = Execution.objects.get(signal=signal)
+    Execution.objects.filter(pk=execution.pk).update(status="running", lease_until=timezone.now())
+    assert executions_sweep() == 1
+
+
 def test_redelivered_fan_out_and_tasks_change_nothing(owner, other, bot, fire):
     from bots.tasks import bot_signal_fanout_task
 

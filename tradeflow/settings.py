@@ -196,9 +196,14 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 if REDIS_URL:
     CACHES = {"default": {"BACKEND": "tradeflow.cache.SharedRedisCache", "LOCATION": REDIS_URL}}
-    CHANNEL_LAYERS = {
-        "default": {"BACKEND": "channels_redis.core.RedisChannelLayer", "CONFIG": {"hosts": [REDIS_URL]}}
-    }
+    # Live updates go over Redis pub/sub: a price tick is one PUBLISH that each server process fans out to its
+    # sockets in memory (bench/ws_bench.py). CHANNEL_LAYER=core: channels_redis' list-based layer instead.
+    _LAYERS = {"pubsub": "channels_redis.pubsub.RedisPubSubChannelLayer",
+               "core": "channels_redis.core.RedisChannelLayer"}
+    # Pub/sub channels ignore the Redis db number: the prefix carries it, so two instances on one Redis stay apart.
+    _REDIS_DB = REDIS_URL.rsplit("/", 1)[-1] if REDIS_URL.count("/") > 2 else "0"
+    CHANNEL_LAYERS = {"default": {"BACKEND": _LAYERS[env.str("CHANNEL_LAYER", default="pubsub")],
+                                  "CONFIG": {"hosts": [REDIS_URL], "prefix": f"tf{_REDIS_DB}"}}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -228,11 +233,21 @@ CELERY_BEAT_SCHEDULE["risk-daily-loss"] = {"task": "risk.tasks.daily_loss_sweep_
                                            "options": {"expires": 30.0}}
 CELERY_BEAT_SCHEDULE["orders-sync"] = {"task": "brokers.tasks.orders_sync_task", "schedule": ORDER_SYNC_SECONDS,
                                        "options": {"expires": ORDER_SYNC_SECONDS}}
+# The price feed marks open positions to market and pushes the P&L to dashboards (brokers/services/prices.py).
+PRICE_FEED_SECONDS = env.float("PRICE_FEED_SECONDS", default=2.0)
+CELERY_BEAT_SCHEDULE["prices-feed"] = {"task": "brokers.tasks.prices_feed_task", "schedule": PRICE_FEED_SECONDS,
+                                       "options": {"expires": PRICE_FEED_SECONDS}}
+# Embedded demo: paper quotes of open positions take a small random walk, so P&L visibly moves.
+SIMULATED_FEED = EMBEDDED and envbool("SIMULATED_FEED", True)
 # A signal not sent within this many seconds of its arrival fails instead of trading late.
 SIGNAL_MAX_DELAY_SECONDS = env.int("SIGNAL_MAX_DELAY_SECONDS", default=120)
 # Bot fan-out: the Celery queue of bot subscribers' executions (blank: the default queue). Point it at a worker
 # running an I/O pool (``-Q bots --pool threads --concurrency 100``) so 1,000 broker round trips overlap.
 BOT_EXECUTION_QUEUE = env.str("BOT_EXECUTION_QUEUE", default="")
+# Bot entries: place every subscriber's main order before anyone's stop loss / take profit (a follow-up run of
+# the same execution, queued behind the other main orders). Off by default: measured, it brings the last main
+# order of a 1,000-subscriber alert ~3 s earlier but leaves every position unprotected ~9 s longer.
+BOT_DEFER_PROTECTION = envbool("BOT_DEFER_PROTECTION", False)
 # In embedded mode eager tasks are handed to a thread so the webhook answers before execution.
 TASKS_IN_THREAD = envbool("TASKS_IN_THREAD", not REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

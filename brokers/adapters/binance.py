@@ -151,9 +151,13 @@ class BinanceAdapter(BrokerAdapter):
     def _call(self, market: str, method: str, *, placing: bool = False, **params):
         """One SDK call with ban check, usage tracking, clock resync on -1021, and error translation."""
         domain = self.domain(market)
-        self._refuse_if_banned(market)
+        ban_key, offset_key = f"binance:ban:{domain}", f"binance:offset:{domain}"
+        shared = cache.get_many([ban_key, offset_key])  # one round trip for both
+        until = shared.get(ban_key)
+        if until and until > time.time():
+            raise BrokerTransient(self._ban_text(market, until), code="binance_ip_ban", retry_after=until - time.time())
         client = self.client
-        client.timestamp_offset = cache.get(f"binance:offset:{domain}", 0)
+        client.timestamp_offset = shared.get(offset_key, 0)
         for attempt in (1, 2):
             client.response = None
             try:

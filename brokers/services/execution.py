@@ -168,9 +168,10 @@ def execution_run(*, execution_id: int) -> Execution:
         "account", "account__owner", "account__owner__trading_settings", "signal").get(pk=execution_id)
     from risk.services import decide
 
-    decision = decide(execution=execution)
-    if not decision.allowed:
-        return _finish(execution, Execution.Status.REJECTED, code=decision.code, reason=decision.message)
+    if not _protection_pending(execution):  # a resumed entry whose main order filled was already admitted
+        decision = decide(execution=execution)
+        if not decision.allowed:
+            return _finish(execution, Execution.Status.REJECTED, code=decision.code, reason=decision.message)
     adapter = get_adapter(execution.account)
     try:
         legs = plan_legs(execution, adapter=adapter)
@@ -195,6 +196,8 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
             if result.status == "filled" and leg.leg == "main":
                 execution_record_slippage(execution, side=leg.side, reference=leg.reference_price,
                                           fill=result.avg_price)
+                if leg.sl_tp and _defer_protection(execution, leg):
+                    return _protection_deferred(execution)
                 if leg.sl_tp:
                     warning = _protect(execution, adapter, order, leg, result)
         except BrokerError as exc:
@@ -217,6 +220,35 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
     # A limit order resting at the broker is accepted but not filled: say so rather than "filled".
     status = Execution.Status.PLACED if resting else Execution.Status.FILLED
     return _finish(execution, status, code="unprotected" if warning else "", reason=warning)
+
+
+def _protection_pending(execution: Execution) -> bool:
+    """Resumed after its main order filled (e.g. the protection phase of a bot entry): nothing to decide again."""
+    return execution.attempts > 1 and execution.orders.filter(leg="main", status=Order.Status.FILLED).exists()
+
+
+def _defer_protection(execution: Execution, leg: LegPlan) -> bool:
+    """A bot subscriber's stop loss / take profit go in a follow-up run of the same execution, queued behind the
+    other subscribers' main orders, so no main order waits for someone else's SL/TP calls. Only on the first
+    attempt of a bot entry whose alert carries its price (the follow-up plans the same legs again: with a last
+    price instead, a moved market could plan them differently), and only with a real queue (eager tasks run in
+    turn anyway)."""
+    return (bool(settings.BOT_DEFER_PROTECTION) and not settings.CELERY_TASK_ALWAYS_EAGER
+            and execution.subscription_id is not None and execution.attempts == 1 and leg.leg == "main"
+            and bool(execution.intent.get("price")))
+
+
+def _protection_deferred(execution: Execution) -> Execution:
+    """Keep the execution ``running`` with an expired lease and its fill's latency/slippage saved: the task
+    re-enqueues it at once (and the sweeper would, were that message lost). The resumed run finds the main order
+    filled (never resent), skips the risk decision and places the SL/TP with the same ids (idempotent)."""
+    _record_latency(execution)  # the main order's acknowledgement, not the follow-up's
+    execution.lease_until = timezone.now()
+    Execution.objects.filter(pk=execution.pk, status=Execution.Status.RUNNING).update(
+        lease_until=execution.lease_until, latency_ms=execution.latency_ms, slippage=execution.slippage,
+        slippage_bps=execution.slippage_bps)
+    execution.protection_deferred = True
+    return execution
 
 
 def _broker_failure(execution: Execution, exc: BrokerError, reason: str) -> Execution:

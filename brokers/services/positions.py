@@ -7,6 +7,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from brokers.calc import ZERO, net_fill
+from brokers.live import publish_positions_on_commit
 from brokers.models import BrokerAccount, Position
 
 
@@ -32,6 +33,7 @@ def position_apply_fill(*, account: BrokerAccount, symbol: str, side: str, qty: 
                     account=account, symbol=symbol, side=Position.Side.LONG if signed > 0 else Position.Side.SHORT,
                     qty=abs(signed), avg_price=price, last_price=price, meta=meta or {},
                 )
+            publish_positions_on_commit(account.owner_id, [position])
             return position, ZERO
         except IntegrityError:  # another fill opened it first: lock it and net into it
             position = _locked_open_position(account, symbol)
@@ -51,11 +53,14 @@ def position_apply_fill(*, account: BrokerAccount, symbol: str, side: str, qty: 
         position.save()
     if result.realized and account.is_paper:
         BrokerAccount.objects.filter(pk=account.pk).update(balance=F("balance") + result.realized)
+    booked = [position]
     if result.reversed:
         position = Position.objects.create(
             account=account, symbol=symbol, side=Position.Side.LONG if result.qty > 0 else Position.Side.SHORT,
             qty=abs(result.qty), avg_price=price, last_price=price, meta=meta or position.meta,
         )
+        booked.append(position)
+    publish_positions_on_commit(account.owner_id, booked)
     return position, result.realized
 
 

@@ -264,6 +264,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: a bench's 80 worker threads connecting at once overflowed it,
+    # and the dropped SYNs (retransmitted after 1, 3, 7 s…) made a few requests time out, which real Binance
+    # does not do.
+    request_queue_size = 128
     binance: BinanceServer
 
 

@@ -1,0 +1,317 @@
+"""Live-updates benchmark: 500 websocket clients on ``ws/live/``, time from a price change to each client.
+
+Run from the project root::
+
+    .venv/bin/python bench/ws_bench.py            # about a minute, figures + bench/results/ws-*.json
+
+Production mode: PostgreSQL (a dedicated database ``tradeflow_wsbench``, dropped and created), Redis (a
+dedicated db, flushed) as the channel layer, ``uvicorn tradeflow.asgi:application`` with 2 workers.
+
+1. N users, each with a paper account and one open position (symbols spread over a few tickers), and a logged-in
+   session made with Django's ``SessionStore`` (the cookie a browser would hold).
+2. N websocket clients connect with that cookie and wait for their snapshot.
+3. Each round, a feed process (this script, ``--feed-only``; separate so it does not share a GIL with the
+   clients, like the beat worker) moves every quote (one UPDATE) and runs the price feed service
+   (``brokers.services.prices.prices_mark``) against the same database and Redis, as the beat task would.
+   Every client records when its "prices" event arrives. Latency = arrival − the moment just before the quotes
+   were updated (the change); also reported: arrival − the event's ``ts`` (when the feed read the prices).
+
+Everything is bounded (``--max-seconds`` watchdog); the server is stopped, the database dropped and the Redis db
+flushed on exit, Ctrl-C or error. Traffic stays on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import resource
+import signal
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from webhook_bench import (  # noqa: E402
+    HOST,
+    PG_ADMIN_URL,
+    PY,
+    RESULTS,
+    ROOT,
+    VENV_BIN,
+    Deadline,
+    Procs,
+    fmt,
+    free_port,
+    http_get,
+    log,
+    run_checked,
+    summary,
+)
+
+DB_NAME = "tradeflow_wsbench"
+SYMBOLS = [f"WSB{i:02d}" for i in range(20)]
+
+
+def bench_env(args) -> dict[str, str]:
+    from cryptography.fernet import Fernet
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "CELERY_"))}
+    env.update({
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{DB_NAME}",
+        "REDIS_URL": f"redis://127.0.0.1:6379/{args.redis_db}",
+        "SECRET_KEY": os.urandom(32).hex(),
+        "FIELD_ENCRYPTION_KEY": Fernet.generate_key().decode(),
+        "ALLOWED_HOSTS": f"{HOST},localhost",
+        "DEBUG": "0",
+        "LOG_LEVEL": "WARNING",
+        "DJANGO_SETTINGS_MODULE": "tradeflow.settings",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.pop("TASKS_IN_THREAD", None)
+    return env
+
+
+def reset_stores(env: dict[str, str], *, create: bool) -> None:
+    import psycopg
+    import redis
+
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB_NAME}" WITH (FORCE)')
+        if create:
+            conn.execute(f'CREATE DATABASE "{DB_NAME}"')
+    redis.Redis.from_url(env["REDIS_URL"]).flushdb()
+
+
+def seed(n: int) -> list[str]:
+    """N users with one open paper position each; returns their session keys."""
+    from decimal import Decimal
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+
+    from accounts.models import User
+    from brokers.adapters.paper import quote_set
+    from brokers.models import Position
+    from brokers.services import account_create
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    for symbol in SYMBOLS:
+        quote_set(broker="paper", symbol=symbol, price=Decimal("100"))
+    keys, positions = [], []
+    for i in range(n):
+        user = User.objects.create_user(f"ws{i}@bench.local")
+        account, _ = account_create(owner=user, label=f"WS {i}")
+        positions.append(Position(account=account, symbol=SYMBOLS[i % len(SYMBOLS)], side="long", qty=Decimal("1"),
+                                  avg_price=Decimal("100"), last_price=Decimal("100")))
+        session = store()
+        session[SESSION_KEY] = str(user.pk)
+        session[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+        session[HASH_SESSION_KEY] = user.get_session_auth_hash()
+        session.create()
+        keys.append(session.session_key)
+    Position.objects.bulk_create(positions)
+    return keys
+
+
+def move_quotes(round_no: int) -> float:
+    """Every quote moves (so every position is repriced); returns the moment of the change (epoch seconds)."""
+    from decimal import Decimal
+
+    from django.utils import timezone
+
+    from brokers.models import Quote
+
+    changed_at = time.time()
+    Quote.objects.filter(broker="paper", symbol__in=SYMBOLS).update(
+        price=Decimal("100") + Decimal(round_no % 50 + 1) / 10, updated_at=timezone.now())
+    return changed_at
+
+
+class Client:
+    def __init__(self, key: str):
+        self.key = key
+        self.arrivals: list[tuple[float, float]] = []  # (arrival, event ts)
+        self.snapshot = asyncio.Event()
+        self.errors = 0
+
+    async def run(self, port: int, stop: asyncio.Event) -> None:
+        from websockets.asyncio.client import connect
+
+        try:
+            async with connect(f"ws://{HOST}:{port}/ws/live/", origin=f"http://{HOST}:{port}",
+                               additional_headers={"Cookie": f"sessionid={self.key}"}, ping_interval=None,
+                               open_timeout=20) as ws:
+                async for raw in ws:
+                    now = time.time()
+                    event = json.loads(raw)
+                    if event["kind"] == "snapshot":
+                        self.snapshot.set()
+                    elif event["kind"] == "prices":
+                        self.arrivals.append((now, event["ts"]))
+                    if stop.is_set():
+                        return
+        except Exception:  # noqa: BLE001 - counted and reported; the run goes on with the others
+            self.errors += 1
+            self.snapshot.set()
+
+
+async def drive(args, env: dict[str, str], port: int, keys: list[str]) -> dict:
+    stop = asyncio.Event()
+    clients = [Client(k) for k in keys]
+    t0 = time.monotonic()
+    tasks = []
+    for i in range(0, len(clients), 50):  # connect in batches, like users arriving, not one burst
+        tasks += [asyncio.create_task(c.run(port, stop)) for c in clients[i:i + 50]]
+        await asyncio.sleep(0.05)
+    await asyncio.wait_for(asyncio.gather(*(c.snapshot.wait() for c in clients)), timeout=60)
+    connect_s = time.monotonic() - t0
+    connected = sum(1 for c in clients if not c.errors)
+    log(f"{connected}/{len(clients)} clients connected with their snapshot in {connect_s:.1f} s")
+    # The feed runs in its own process, as the beat worker would: not sharing a GIL with 500 clients.
+    feed = await asyncio.create_subprocess_exec(
+        PY, str(Path(__file__).resolve()), "--feed-only", "--rounds", str(args.rounds), "--interval",
+        str(args.interval), "--redis-db", str(args.redis_db), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    rounds: list[tuple[float, float, float]] = []  # (change, feed start, feed end)
+    async for line in feed.stdout:
+        if line.startswith(b"ROUND "):
+            r = json.loads(line[6:])
+            assert r["changed"] == len(keys), f"round {r}: expected {len(keys)} positions repriced"
+            rounds.append((r["changed_at"], r["start"], r["end"]))
+    await feed.wait()
+    if feed.returncode:
+        raise RuntimeError(f"the feed process failed ({feed.returncode})")
+    deadline = time.monotonic() + 3  # stragglers
+    expected = sum(1 for c in clients if not c.errors) * len(rounds)
+    while sum(len(c.arrivals) for c in clients) < expected and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    missing = expected - sum(len(c.arrivals) for c in clients)
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    from_change, from_ts = [], []
+    for c in clients:
+        for arrival, ts in c.arrivals:
+            change = max((rc for rc, _, _ in rounds if rc <= ts), default=None)
+            if change is not None:
+                from_change.append((arrival - change) * 1000)
+            from_ts.append((arrival - ts) * 1000)
+    feed_ms = [(end - start) * 1000 for _, start, end in rounds]
+    return {"clients": len(clients), "connected": connected, "connect_seconds": round(connect_s, 2),
+            "rounds": len(rounds), "events_expected": expected, "events_received": len(from_ts),
+            "events_missing": missing, "latency_from_change_ms": summary(from_change),
+            "latency_from_event_ts_ms": summary(from_ts), "feed_run_ms": summary(feed_ms)}
+
+
+def feed_only(args) -> int:
+    """The price changes, run in a separate process with the server's environment (see ``drive``)."""
+    import django
+
+    django.setup()
+    from brokers.services.prices import prices_mark
+
+    for r in range(args.rounds):
+        time.sleep(args.interval)
+        changed_at = move_quotes(r)
+        start = time.time()
+        changed = len(prices_mark().changed)
+        print("ROUND " + json.dumps({"changed_at": changed_at, "start": start, "end": time.time(),
+                                     "changed": changed}), flush=True)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clients", type=int, default=500)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between price changes")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--redis-db", type=int, default=11)
+    parser.add_argument("--max-seconds", type=int, default=120)
+    parser.add_argument("--feed-only", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.feed_only:
+        return feed_only(args)
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+    env = bench_env(args)
+    procs = Procs()
+    run_dir = Path(tempfile.mkdtemp(prefix="ws-bench-"))
+
+    def on_alarm(*_):
+        raise Deadline(f"the run exceeded --max-seconds={args.max_seconds}")
+
+    def on_term(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, on_alarm)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.alarm(args.max_seconds)
+    try:
+        log(f"resetting database {DB_NAME} and Redis db {args.redis_db}")
+        reset_stores(env, create=True)
+        run_checked([PY, "manage.py", "migrate", "--noinput"], env, timeout=120)
+        os.environ.update(env)  # this process runs the price feed against the same database and Redis
+        import django
+
+        django.setup()
+        t = time.monotonic()
+        keys = seed(args.clients)
+        log(f"seeded {len(keys)} users with a position and a session in {time.monotonic() - t:.1f} s")
+        port = free_port()
+        procs.start("uvicorn", [str(VENV_BIN / "uvicorn"), "tradeflow.asgi:application", "--host", HOST, "--port",
+                                str(port), "--workers", str(args.workers), "--no-access-log", "--log-level", "warning"],
+                    env, run_dir / "uvicorn.log")
+        for _ in range(200):
+            procs.check_alive()
+            with contextlib.suppress(OSError):
+                if http_get(port, "/livez")[0] == 200:
+                    break
+            time.sleep(0.1)
+        else:
+            raise RuntimeError("uvicorn did not answer /livez in 20 s")
+        result = asyncio.run(drive(args, env, port, keys))
+        result.update({"workers": args.workers, "interval_s": args.interval,
+                       "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()})
+        RESULTS.mkdir(exist_ok=True)
+        out = RESULTS / f"ws-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+        out.write_text(json.dumps(result, indent=2))
+        lc, lt, feed = result["latency_from_change_ms"], result["latency_from_event_ts_ms"], result["feed_run_ms"]
+        print(f"\n{result['connected']}/{result['clients']} clients, {result['rounds']} price changes, "
+              f"{result['events_received']}/{result['events_expected']} events received "
+              f"({result['events_missing']} missing)")
+        print(f"price change -> client: p50 {fmt(lc.get('p50'), ' ms')}  p99 {fmt(lc.get('p99'), ' ms')}  "
+              f"max {fmt(lc.get('max'), ' ms')}   (target p99 <= 100 ms)")
+        print(f"feed read (event ts) -> client: p50 {fmt(lt.get('p50'), ' ms')}  p99 {fmt(lt.get('p99'), ' ms')}")
+        print(f"feed run (read the marks, bulk UPDATE, publish): p50 {fmt(feed.get('p50'), ' ms')}"
+              f"  max {fmt(feed.get('max'), ' ms')}")
+        print(f"results: {out.relative_to(ROOT)}")
+        return 0 if lc.get("p99") is not None and lc["p99"] <= 100 and not result["events_missing"] else 1
+    except (Deadline, KeyboardInterrupt) as exc:
+        log(f"stopped: {exc or 'interrupted'}")
+        return 2
+    finally:
+        signal.alarm(0)
+        procs.stop_all()
+        with contextlib.suppress(Exception):
+            from django.db import connections
+
+            connections.close_all()
+        stopper = threading.Thread(target=reset_stores, args=(env,), kwargs={"create": False}, daemon=True)
+        stopper.start()
+        stopper.join(30)
+        log(f"cleaned up (server logs: {run_dir})")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

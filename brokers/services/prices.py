@@ -1,0 +1,160 @@
+"""The price feed: open positions marked to market, and the changes pushed to the customers' dashboards.
+
+Production: Celery beat runs ``prices_feed_task`` every ``PRICE_FEED_SECONDS``. One ``last_prices`` call per
+live broker account fetches every symbol it holds (paper accounts all read the same quotes: one call for all);
+the positions whose price moved are saved in one bulk UPDATE and each user gets one "prices" event with their
+repriced positions (the admins one with all of them).
+
+Embedded demo: nothing moves a paper quote except a fill, so ``simulated_feed_start`` (started by the first
+websocket connection when ``SIMULATED_FEED`` is on) walks the paper quotes of open positions by at most
+``SIMULATED_STEP`` per tick and marks the positions, in a daemon thread of the server process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
+
+from django.conf import settings
+from django.db import close_old_connections
+from django.db.models import Q
+from django.utils import timezone
+
+from brokers.adapters import get_adapter
+from brokers.adapters.base import BrokerError
+from brokers.live import num, publish_prices, use_loop
+from brokers.models import Broker, BrokerAccount, Position, Quote
+
+log = logging.getLogger(__name__)
+SIMULATED_STEP = Decimal("0.002")  # ±0.2 % per tick at most
+PAPER = "paper"
+
+
+@dataclass
+class MarkResult:
+    checked: int = 0
+    changed: list[int] = field(default_factory=list)  # positions repriced
+    skipped: list[str] = field(default_factory=list)  # accounts without prices this round, and why
+
+
+def marked_positions():
+    """Open positions on accounts that are switched on and logged in. Live accounts only while live trading is
+    on, like the stop watcher: otherwise a Kite account without a session would be asked every tick."""
+    qs = (Position.objects.filter(status=Position.Status.OPEN, account__enabled=True)
+          .exclude(account__status=BrokerAccount.Status.LOGIN_NEEDED)
+          .select_related("account").order_by("account_id", "id"))
+    if settings.LIVE_TRADING_ENABLED:
+        return qs
+    return qs.filter(Q(account__broker=Broker.PAPER) | Q(account__mode=BrokerAccount.Mode.PAPER))
+
+
+def price_row(position: Position) -> dict:
+    return {"id": position.pk, "last_price": num(position.last_price), "unrealized_pnl": num(position.unrealized_pnl),
+            "realized_pnl": num(position.realized_pnl)}
+
+
+def prices_mark() -> MarkResult:
+    """One round: read, store and publish the marks of every open position."""
+    result = MarkResult()
+    ts = time.time()
+    # One price read per source: every paper account reads the same paper quotes, so they share one call;
+    # a live account asks its own broker session.
+    by_source: dict[object, list[Position]] = defaultdict(list)
+    for position in marked_positions():
+        by_source[PAPER if position.account.is_paper else position.account_id].append(position)
+    changed: list[Position] = []
+    for rows in by_source.values():
+        account = rows[0].account
+        result.checked += len(rows)
+        try:
+            prices = get_adapter(account).last_prices(sorted({p.symbol for p in rows}))
+        except BrokerError as exc:  # a blip, a rate limit, a lost session (the stop watcher flags those)
+            result.skipped.append(f"{account.pk}: {exc.message}")
+            continue
+        except Exception:  # noqa: BLE001 - one account's failure must not freeze every other dashboard
+            log.exception("price feed: account %s failed", account.pk)
+            result.skipped.append(f"{account.pk}: internal error")
+            continue
+        for position in rows:
+            price = prices.get(position.symbol)
+            if price is not None and price != position.last_price:
+                position.last_price = price
+                changed.append(position)
+    if not changed:
+        return result
+    rows_by_user: dict[int, list[dict]] = defaultdict(list)
+    for position in changed:
+        rows_by_user[position.account.owner_id].append(price_row(position))
+        result.changed.append(position.pk)
+    # Screens first: the marks are display figures, and the UPDATE of hundreds of rows would only delay them.
+    publish_prices(dict(rows_by_user), ts=ts)
+    # One UPDATE for all. A position closed meanwhile may get a last mark: its realized P&L is already booked.
+    Position.objects.bulk_update(changed, ["last_price"])
+    return result
+
+
+def _tick(price: Decimal) -> Decimal:
+    return Decimal("0.01") if price >= 1 else Decimal("0.0001")
+
+
+def paper_quotes_walk(*, step: Decimal = SIMULATED_STEP, rng: random.Random | None = None) -> dict[str, Decimal]:
+    """Move each paper quote of a symbol with an open paper position by a random step within ±``step``."""
+    rng = rng or random.Random()
+    symbols = set(Position.objects.filter(Q(account__broker=Broker.PAPER) | Q(account__mode=BrokerAccount.Mode.PAPER),
+                                          status=Position.Status.OPEN).values_list("symbol", flat=True))
+    quotes = list(Quote.objects.filter(broker=Broker.PAPER, symbol__in=symbols))
+    now = timezone.now()
+    for quote in quotes:
+        factor = Decimal(1) + step * Decimal(str(rng.uniform(-1, 1)))
+        moved = (quote.price * factor).quantize(_tick(quote.price), rounding=ROUND_HALF_UP)
+        # Rounding to the tick must not push the move past the bound (or the price to zero).
+        if moved <= 0 or abs(moved - quote.price) > quote.price * step:
+            moved = quote.price
+        quote.price, quote.updated_at = moved, now
+    Quote.objects.bulk_update(quotes, ["price", "updated_at"])
+    return {q.symbol: q.price for q in quotes}
+
+
+_feed_lock = threading.Lock()
+_feed_thread: threading.Thread | None = None
+_feed_stop = threading.Event()
+
+
+def _feed_loop(loop: asyncio.AbstractEventLoop, stop: threading.Event) -> None:
+    use_loop(loop)  # the in-memory channel layer is the server loop's: publish onto it
+    rng = random.Random()
+    while not stop.wait(settings.PRICE_FEED_SECONDS) and not loop.is_closed():
+        try:
+            close_old_connections()
+            paper_quotes_walk(rng=rng)
+            prices_mark()
+        except Exception:  # noqa: BLE001 - a demo feed must keep ticking through a locked SQLite file
+            log.warning("simulated price feed: tick failed", exc_info=True)
+    close_old_connections()
+
+
+def simulated_feed_start(loop: asyncio.AbstractEventLoop) -> bool:
+    """Start the embedded demo feed once per process; True when this call started it."""
+    global _feed_thread, _feed_stop
+    with _feed_lock:
+        if _feed_thread is not None and _feed_thread.is_alive():
+            return False
+        _feed_stop = threading.Event()
+        _feed_thread = threading.Thread(target=_feed_loop, args=(loop, _feed_stop), daemon=True,
+                                        name="simulated-price-feed")
+        _feed_thread.start()
+        return True
+
+
+def simulated_feed_stop(timeout: float = 5) -> None:
+    with _feed_lock:
+        thread = _feed_thread
+        _feed_stop.set()
+    if thread is not None:
+        thread.join(timeout)

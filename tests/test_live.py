@@ -1,0 +1,348 @@
+"""Live updates over ``ws/live/``: who may connect, who sees what, and what the price feed pushes.
+
+Sockets go through ``tradeflow.asgi.application`` (session cookie, origin check, auth middleware) on the
+in-memory channel layer. Each scenario runs on its own event loop; the layer is flushed first so no queue
+of an earlier test's loop is reused. ``channels.testing.WebsocketCommunicator`` cannot be imported without
+daphne (its package imports the live-server test case), so ``Socket`` below is the same few methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+from decimal import Decimal
+from unittest import mock
+
+import pytest
+from asgiref.sync import async_to_sync
+from asgiref.testing import ApplicationCommunicator
+from channels.db import database_sync_to_async
+from channels.layers import get_channel_layer
+from django.test import Client
+
+from brokers.adapters.paper import quote_set
+from brokers.models import Position, Quote
+from brokers.services.positions import position_apply_fill
+from brokers.services.prices import SIMULATED_STEP, paper_quotes_walk, prices_mark
+from tests import factories
+from tradeflow.asgi import application
+
+pytestmark = pytest.mark.django_db(transaction=True)
+D = Decimal
+WAIT = 2  # seconds an expected event may take
+QUIET = 0.3  # seconds a socket must stay silent to count as "received nothing"
+
+
+def run(scenario):
+    async def flushed():
+        await get_channel_layer().flush()
+        return await scenario()
+
+    return async_to_sync(flushed)()
+
+
+def session_cookie(user) -> str:
+    client = Client()
+    client.force_login(user)
+    return client.cookies["sessionid"].value
+
+
+class Socket(ApplicationCommunicator):
+    """A websocket client speaking ASGI to the application, like ``channels.testing.WebsocketCommunicator``."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]]):
+        super().__init__(application, {"type": "websocket", "path": "/ws/live/", "query_string": b"",
+                                        "headers": headers, "subprotocols": []})
+
+    # The consumer's database calls must keep the test's connection (channels.testing does the same).
+    async def send_input(self, message):
+        with mock.patch("channels.db.close_old_connections", lambda: None):
+            return await super().send_input(message)
+
+    async def receive_output(self, timeout=1):
+        with mock.patch("channels.db.close_old_connections", lambda: None):
+            return await super().receive_output(timeout)
+
+    async def connect(self) -> tuple[bool, int | None]:
+        await self.send_input({"type": "websocket.connect"})
+        response = await self.receive_output(WAIT)
+        if response["type"] == "websocket.close":
+            return False, response.get("code", 1000)
+        assert response["type"] == "websocket.accept"
+        return True, None
+
+    async def send_to(self, *, text_data: str) -> None:
+        await self.send_input({"type": "websocket.receive", "text": text_data})
+
+    async def send_json_to(self, data) -> None:
+        await self.send_to(text_data=json.dumps(data))
+
+    async def receive_json_from(self, timeout: float = WAIT):
+        response = await self.receive_output(timeout)
+        assert response["type"] == "websocket.send", response
+        return json.loads(response["text"])
+
+    async def disconnect(self) -> None:
+        await self.send_input({"type": "websocket.disconnect", "code": 1000})
+        await self.wait(1)
+
+
+def socket_for(cookie: str | None) -> Socket:
+    headers = [(b"host", b"testserver"), (b"origin", b"http://testserver")]
+    if cookie:
+        headers.append((b"cookie", f"sessionid={cookie}".encode()))
+    return Socket(headers)
+
+
+async def connected(cookie: str) -> tuple[Socket, dict]:
+    socket = socket_for(cookie)
+    ok, _ = await socket.connect()
+    assert ok
+    return socket, await socket.receive_json_from(timeout=WAIT)
+
+
+def fill(account, symbol: str, side: str, qty: str, price: str):
+    return position_apply_fill(account=account, symbol=symbol, side=side, qty=D(qty), price=D(price))
+
+
+def test_an_anonymous_socket_is_refused():
+    async def scenario():
+        socket = socket_for(None)
+        ok, code = await socket.connect()
+        assert not ok and code == 4401
+
+    run(scenario)
+
+
+def test_a_forged_session_cookie_is_refused():
+    async def scenario():
+        ok, code = await socket_for("not-a-session").connect()
+        assert not ok and code == 4401
+
+    run(scenario)
+
+
+def test_the_snapshot_holds_only_the_users_own_open_positions(owner, other):
+    mine, _ = factories.paper_account(owner=owner)
+    theirs, _ = factories.paper_account(owner=other)
+    fill(mine, "NIFTYBEES", "buy", "10", "250")
+    fill(theirs, "BANKBEES", "buy", "5", "500")
+    closed, _ = fill(mine, "GOLDBEES", "buy", "1", "60")
+    fill(mine, "GOLDBEES", "sell", "1", "61")
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        socket, snapshot = await connected(cookie)
+        assert snapshot["kind"] == "snapshot"
+        assert [(p["symbol"], p["qty"], p["status"]) for p in snapshot["positions"]] == [
+            ("NIFTYBEES", "10", "open")]
+        assert closed.pk not in [p["id"] for p in snapshot["positions"]]
+        await socket.send_json_to({"action": "snapshot"})  # the client asks again after a reconnect
+        assert (await socket.receive_json_from(timeout=WAIT))["positions"] == snapshot["positions"]
+        await socket.send_to(text_data="{not json")  # ignored, the socket stays usable
+        await socket.send_json_to({"action": "snapshot"})
+        assert (await socket.receive_json_from(timeout=WAIT))["kind"] == "snapshot"
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_a_fill_reaches_its_owner_and_the_admins_never_another_customer(owner, other, admin_user):
+    account, _ = factories.paper_account(owner=owner)
+    factories.paper_account(owner=other)
+    cookies = [session_cookie(u) for u in (owner, other, admin_user)]
+
+    async def scenario():
+        (a, _), (b, _), (admin, _) = [await connected(c) for c in cookies]
+        position, _ = await database_sync_to_async(fill)(account, "NIFTYBEES", "buy", "10", "250")
+        for socket in (a, admin):
+            event = await socket.receive_json_from(timeout=WAIT)
+            assert event["kind"] == "position" and event["id"] == position.pk
+            assert (event["symbol"], event["side"], event["qty"], event["status"]) == (
+                "NIFTYBEES", "long", "10", "open")
+        assert await b.receive_nothing(timeout=QUIET)
+        assert await a.receive_nothing(timeout=0.05)  # exactly one event per fill
+        for socket in (a, b, admin):
+            await socket.disconnect()
+
+    run(scenario)
+
+
+def test_a_fill_rolled_back_is_never_published(owner):
+    from django.db import transaction
+
+    account, _ = factories.paper_account(owner=owner)
+    cookie = session_cookie(owner)
+
+    def failed_fill():
+        with pytest.raises(RuntimeError), transaction.atomic():
+            fill(account, "NIFTYBEES", "buy", "10", "250")
+            raise RuntimeError("the order's booking failed after the fill")
+
+    async def scenario():
+        socket, _ = await connected(cookie)
+        await database_sync_to_async(failed_fill)()
+        assert await socket.receive_nothing(timeout=QUIET)
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_closing_a_position_publishes_it_closed_with_its_realized_pnl(owner):
+    account, _ = factories.paper_account(owner=owner)
+    position, _ = fill(account, "NIFTYBEES", "buy", "10", "250")
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        socket, snapshot = await connected(cookie)
+        assert [p["id"] for p in snapshot["positions"]] == [position.pk]
+        await database_sync_to_async(fill)(account, "NIFTYBEES", "sell", "10", "262.5")
+        event = await socket.receive_json_from(timeout=WAIT)
+        assert (event["kind"], event["id"], event["status"]) == ("position", position.pk, "closed")
+        assert D(event["realized_pnl"]) == D("125") and D(event["unrealized_pnl"]) == 0
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_a_reversal_publishes_the_closed_row_and_the_new_one(owner):
+    account, _ = factories.paper_account(owner=owner)
+    old, _ = fill(account, "NIFTYBEES", "buy", "10", "250")
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        socket, _ = await connected(cookie)
+        new, _ = await database_sync_to_async(fill)(account, "NIFTYBEES", "sell", "15", "240")
+        closed = await socket.receive_json_from(timeout=WAIT)
+        opened = await socket.receive_json_from(timeout=WAIT)
+        assert (closed["id"], closed["status"]) == (old.pk, "closed")
+        assert (opened["id"], opened["status"], opened["side"], opened["qty"]) == (new.pk, "open", "short",
+                                                                                   "5")
+        await socket.disconnect()
+
+    run(scenario)
+
+
+def test_the_price_feed_pushes_new_pnl_to_the_owner_only(owner, other, admin_user):
+    mine, _ = factories.paper_account(owner=owner)
+    theirs, _ = factories.paper_account(owner=other)
+    long_, _ = fill(mine, "NIFTYBEES", "buy", "10", "250")
+    short, _ = fill(mine, "BANKBEES", "sell", "2", "500")
+    fill(theirs, "GOLDBEES", "buy", "1", "60")  # its quote does not move: no event for the other customer
+    cookies = [session_cookie(u) for u in (owner, other, admin_user)]
+
+    def move_and_mark():
+        quote_set(broker="paper", symbol="NIFTYBEES", price=D("251.5"))
+        quote_set(broker="paper", symbol="BANKBEES", price=D("490"))
+        return prices_mark()
+
+    async def scenario():
+        (a, _), (b, _), (admin, _) = [await connected(c) for c in cookies]
+        result = await database_sync_to_async(move_and_mark)()
+        assert sorted(result.changed) == sorted([long_.pk, short.pk]) and result.checked == 3
+        event = await a.receive_json_from(timeout=WAIT)
+        assert event["kind"] == "prices" and event["ts"] > 0
+        got = {p["id"]: (D(p["last_price"]), D(p["unrealized_pnl"])) for p in event["positions"]}
+        assert got == {long_.pk: (D("251.5"), D("15")), short.pk: (D("490"), D("20"))}
+        assert {p["id"] for p in (await admin.receive_json_from(timeout=WAIT))["positions"]} == set(got)
+        assert await b.receive_nothing(timeout=QUIET)
+        # Stored too, so a page loaded now shows the same figures; an unchanged round sends nothing.
+        assert await database_sync_to_async(lambda: Position.objects.get(pk=long_.pk).last_price)() == D("251.5")
+        assert (await database_sync_to_async(prices_mark)()).changed == []
+        assert await a.receive_nothing(timeout=QUIET)
+        for socket in (a, b, admin):
+            await socket.disconnect()
+
+    run(scenario)
+
+
+def test_the_price_feed_reads_prices_once_per_round_for_all_paper_accounts(owner, other,
+                                                                             django_assert_max_num_queries,
+                                                                             monkeypatch):
+    from brokers.adapters.paper import PaperAdapter
+
+    for n, user in enumerate((owner, other, owner)):
+        account, _ = factories.paper_account(owner=user, label=f"Paper {n}")
+        for symbol in ("NIFTYBEES", "BANKBEES", "GOLDBEES"):
+            fill(account, symbol, "buy", "1", "100")
+    calls = []
+    real = PaperAdapter.last_prices
+    monkeypatch.setattr(PaperAdapter, "last_prices", lambda self, symbols: calls.append(symbols) or real(self, symbols))
+    for symbol in ("NIFTYBEES", "BANKBEES", "GOLDBEES"):
+        quote_set(broker="paper", symbol=symbol, price=D("101"))
+    with django_assert_max_num_queries(5):  # positions, one price read, one bulk UPDATE (+ BEGIN/COMMIT)
+        assert len(prices_mark().changed) == 9
+    assert calls == [["BANKBEES", "GOLDBEES", "NIFTYBEES"]]
+
+
+def test_the_simulated_feed_moves_paper_quotes_of_open_positions_within_bounds(owner):
+    account, _ = factories.paper_account(owner=owner)
+    fill(account, "NIFTYBEES", "buy", "10", "250")
+    quote_set(broker="paper", symbol="NIFTYBEES", price=D("250"))
+    quote_set(broker="paper", symbol="UNHELD", price=D("100"))  # nobody holds it: it stays put
+    rng = random.Random(7)
+    price = D("250")
+    moved = 0
+    for _ in range(50):
+        new = paper_quotes_walk(rng=rng)["NIFTYBEES"]
+        assert abs(new - price) <= price * SIMULATED_STEP
+        moved += new != price
+        price = new
+    assert moved >= 40  # it visibly moves, tick after tick
+    assert Quote.objects.get(symbol="NIFTYBEES").price == price
+    assert Quote.objects.get(symbol="UNHELD").price == D("100")
+    prices_mark()
+    assert Position.objects.get(symbol="NIFTYBEES").last_price == price
+
+
+def test_in_the_embedded_demo_the_first_socket_starts_a_feed_that_moves_paper_pnl(owner, settings):
+    from brokers.services import prices
+
+    settings.SIMULATED_FEED, settings.PRICE_FEED_SECONDS = True, 0.05
+    account, _ = factories.paper_account(owner=owner)
+    position, _ = fill(account, "NIFTYBEES", "buy", "10", "250")
+    quote_set(broker="paper", symbol="NIFTYBEES", price=D("250"))
+    cookie = session_cookie(owner)
+
+    async def scenario():
+        socket, _ = await connected(cookie)
+        try:
+            event = await socket.receive_json_from(timeout=WAIT)
+            assert event["kind"] == "prices" and [p["id"] for p in event["positions"]] == [position.pk]
+            moved = D(event["positions"][0]["last_price"])
+            assert moved != D("250") and abs(moved - D("250")) <= D("250") * prices.SIMULATED_STEP
+            assert not prices.simulated_feed_start(asyncio.get_running_loop())  # one feed per process
+        finally:
+            await database_sync_to_async(prices.simulated_feed_stop)()
+            await socket.disconnect()
+
+    run(scenario)
+    assert not prices._feed_thread.is_alive()
+
+
+@pytest.mark.redis
+def test_over_redis_pub_sub_a_tick_reaches_its_owner_only(owner, other, settings):
+    """The production path: the publisher's own loop thread, Redis pub/sub, the consumer on the server's loop."""
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                                           # Pub/sub ignores the Redis db: a prefix of its own keeps
+                                           # other runs' ticks (a benchmark) off these sockets.
+                                           "CONFIG": {"hosts": [settings.TEST_REDIS_URL],
+                                                      "prefix": f"test{os.getpid()}"}}}
+    mine, _ = factories.paper_account(owner=owner)
+    position, _ = fill(mine, "NIFTYBEES", "buy", "10", "250")
+    quote_set(broker="paper", symbol="NIFTYBEES", price=D("252"))
+    cookies = [session_cookie(u) for u in (owner, other)]
+
+    async def scenario():
+        (a, _), (b, _) = [await connected(c) for c in cookies]
+        await database_sync_to_async(prices_mark)()
+        event = await a.receive_json_from(timeout=WAIT)
+        assert event["kind"] == "prices" and event["positions"][0]["id"] == position.pk
+        assert D(event["positions"][0]["unrealized_pnl"]) == D("20")
+        assert await b.receive_nothing(timeout=QUIET)
+        for socket in (a, b):
+            await socket.disconnect()
+
+    async_to_sync(scenario)()  # nothing to flush: a fresh layer
