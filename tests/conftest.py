@@ -85,3 +85,14 @@ def paper(owner):
 def owner_client(client, owner):
     client.force_login(owner)
     return client
+
+
+@pytest.fixture
+def binance(settings):
+    """The local Binance protocol server, with every Binance URL setting pointed at it."""
+    from tests.protocol.binance_server import BinanceServer, point_settings_at
+
+    with BinanceServer() as server:
+        point_settings_at(settings, server)
+        settings.BINANCE_RETRY_MAX_SLEEP = 0.01
+        yield server

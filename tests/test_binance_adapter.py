@@ -22,18 +22,9 @@ from brokers.models import Broker, BrokerAccount, Order, Position
 from brokers.services import account_create
 from brokers.services.execution import _submit
 from brokers.services.planning import LegPlan
-from tests.protocol.binance_server import BinanceServer, point_settings_at
 
 pytestmark = pytest.mark.slow
 D = Decimal
-
-
-@pytest.fixture
-def binance(settings):
-    with BinanceServer() as server:
-        point_settings_at(settings, server)
-        settings.BINANCE_RETRY_MAX_SLEEP = 0.01
-        yield server
 
 
 def binance_account(owner, server, *, market="futures", key=None, secret=None, **options) -> BrokerAccount:

@@ -21,19 +21,9 @@ from brokers.services.binance_rules import (
     symbol_filters_get,
 )
 from brokers.services.planning import PlanRejected
-from tests.protocol.binance_server import BinanceServer
 
 D = Decimal
 
-
-@pytest.fixture
-def binance(settings):
-    with BinanceServer() as server:
-        settings.BINANCE_API_URL = server.url + "/api"
-        settings.BINANCE_SAPI_URL = server.url + "/sapi"
-        settings.BINANCE_FUTURES_URL = server.url + "/fapi"
-        settings.BINANCE_TIMEOUT = 2
-        yield server
 
 
 def adapter_for(owner, server, market="futures") -> BinanceAdapter:

@@ -22,7 +22,7 @@ from bots.services import (
 from brokers.models import Execution, Order, Position
 from brokers.services import account_create
 from tests import factories
-from tests.protocol.binance_server import BinanceServer, point_settings_at
+from tests.protocol.binance_server import BinanceServer
 from webhooks.models import Signal
 
 D = Decimal
@@ -173,12 +173,9 @@ def test_archived_bots_are_404_for_customers(client, owner, bot):
 
 
 @pytest.fixture
-def binance(settings):
-    with BinanceServer() as server:
-        point_settings_at(settings, server)
-        settings.BINANCE_RETRY_MAX_SLEEP = 0.01
-        settings.LIVE_TRADING_ENABLED = True
-        yield server
+def binance(binance, settings):  # the conftest server, with live accounts allowed to trade
+    settings.LIVE_TRADING_ENABLED = True
+    return binance
 
 
 def binance_sub(bot, user, server: BinanceServer, key: tuple[str, str] | None = None, **overrides):

@@ -20,7 +20,6 @@ from accounts.models import AuditLog
 from brokers.models import AccountApiKey, BrokerAccount
 from brokers.services import connect
 from tests import factories
-from tests.protocol.binance_server import BinanceServer, point_settings_at
 from tests.protocol.kite_server import KiteServer
 
 pytestmark = pytest.mark.slow
@@ -32,13 +31,6 @@ LOGIN_PAGE = "https://kite.zerodha.com/connect/login?api_key=kitetestkey&v=3"
 def kite_server(settings):
     with KiteServer() as server:
         settings.KITE_API_ROOT = server.url
-        yield server
-
-
-@pytest.fixture
-def binance(settings):
-    with BinanceServer() as server:
-        point_settings_at(settings, server)
         yield server
 
 

@@ -16,7 +16,7 @@ from django.utils import timezone
 from brokers.models import BrokerAccount, Execution, Order, Position
 from brokers.services import account_create
 from brokers.tasks import execution_run_task
-from tests.protocol.binance_server import BinanceServer, point_settings_at
+from tests.protocol.binance_server import BinanceServer
 
 pytestmark = pytest.mark.slow
 D = Decimal
@@ -25,12 +25,9 @@ ALGO = "/fapi/v1/algoOrder"
 
 
 @pytest.fixture
-def binance(settings):
-    with BinanceServer() as server:
-        point_settings_at(settings, server)
-        settings.BINANCE_RETRY_MAX_SLEEP = 0.01
-        settings.LIVE_TRADING_ENABLED = True
-        yield server
+def binance(binance, settings):  # the conftest server, with live accounts allowed to trade
+    settings.LIVE_TRADING_ENABLED = True
+    return binance
 
 
 @pytest.fixture(autouse=True)
