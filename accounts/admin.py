@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.contrib.auth.admin import UserAdmin as BaseUserAdmin
 
-from accounts.models import AuditLog, TradingSettings, User
+from accounts.models import ApiToken, AuditLog, TradingSettings, User
 
 
 class TradingSettingsInline(admin.StackedInline):
@@ -31,6 +31,19 @@ class AuditLogAdmin(admin.ModelAdmin):
     list_filter = ["action", "created_at"]
     search_fields = ["user__email", "target", "action"]
     readonly_fields = [f.name for f in AuditLog._meta.fields]
+
+    def has_add_permission(self, request):
+        return False
+
+
+@admin.register(ApiToken)
+class ApiTokenAdmin(admin.ModelAdmin):
+    """Operators can see and revoke tokens, never create them (the raw token would be shown to the operator)."""
+
+    list_display = ["name", "owner", "prefix", "read_only", "created_at", "last_used", "expires_at", "revoked_at"]
+    list_filter = ["read_only", "created_at"]
+    search_fields = ["owner__email", "name", "prefix"]
+    readonly_fields = ["owner", "name", "prefix", "key_hash", "read_only", "created_at", "last_used", "expires_at"]
 
     def has_add_permission(self, request):
         return False

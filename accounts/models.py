@@ -102,3 +102,33 @@ class AuditLog(models.Model):
 
     def __str__(self) -> str:
         return f"{self.created_at:%Y-%m-%d %H:%M} {self.action} {self.target}"
+
+
+class ApiToken(models.Model):
+    """A personal API token for the customer's own programs. Only its SHA-256 is stored; the raw token is shown
+    once. ``prefix`` (the first characters) is what pages show so the customer can tell tokens apart."""
+
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_tokens")
+    name = models.CharField(max_length=80)
+    prefix = models.CharField(max_length=16)
+    key_hash = models.CharField(max_length=64, unique=True)
+    read_only = models.BooleanField(default=False, help_text="Read-only tokens may only GET; writes answer 403")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_used = models.DateTimeField(null=True, blank=True)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.masked})"
+
+    @property
+    def masked(self) -> str:
+        return f"{self.prefix}{'•' * 8}"
+
+    @property
+    def scope(self) -> str:
+        return "read" if self.read_only else "read/write"

@@ -3,3 +3,7 @@ from django.apps import AppConfig
 
 class BillingConfig(AppConfig):
     name = "billing"
+    verbose_name = "Billing"
+
+    def ready(self) -> None:
+        from billing import signals  # noqa: F401

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from django.db.models import QuerySet
+from datetime import timedelta
+
+from django.db.models import Count, QuerySet
+from django.utils import timezone
 
 from bots.models import Bot, Subscription
 from brokers.models import BrokerAccount
@@ -39,3 +42,28 @@ def bot_signal_list(*, bot: Bot) -> QuerySet[Signal]:
 
 def bot_subscriber_count(*, bot: Bot) -> int:
     return bot.subscriptions.exclude(status=Subscription.Status.UNSUBSCRIBED).count()
+
+
+def bot_track_record(*, bot: Bot, days: int = 30) -> dict:
+    """What a customer weighs before subscribing: how often the bot signals and how its subscribers' orders went.
+
+    Counted over every subscriber (not only the viewer): a bot's record is public to its would-be followers.
+    """
+    from brokers.models import Execution
+
+    since = timezone.now() - timedelta(days=days)
+    signals = bot_signal_list(bot=bot)
+    outcomes = dict(Execution.objects.filter(subscription__bot=bot, created_at__gte=since).values("status")
+                    .annotate(n=Count("id")).order_by().values_list("status", "n"))
+    filled = outcomes.get(Execution.Status.FILLED, 0)
+    refused = outcomes.get(Execution.Status.REJECTED, 0) + outcomes.get(Execution.Status.FAILED, 0)
+    return {
+        "days": days,
+        "alerts": signals.filter(received_at__gte=since).count(),
+        "first_alert": signals.order_by("received_at").values_list("received_at", flat=True).first(),
+        "filled": filled,
+        "refused": refused,
+        "fill_rate": round(100 * filled / (filled + refused)) if filled + refused else None,
+        "subscribers": bot_subscriber_count(bot=bot),
+        "recent": list(signals[:10]),
+    }

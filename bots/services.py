@@ -127,6 +127,9 @@ def subscription_create(*, user, bot: Bot, account: BrokerAccount, **settings) -
         raise ValidationError({"account": f"{bot.name} trades on {bot.get_broker_display()}: choose a "
                                           f"{bot.get_broker_display()} or a paper account, not "
                                           f"{account.get_broker_display()}"})
+    from billing.services import limit_check  # the plan's bot limit (paper accounts are free)
+
+    limit_check(user=user, resource="bot", bot=bot, broker=account.broker)
     subscription = Subscription(user=user, bot=bot, account=account, **settings)
     subscription.full_clean(validate_constraints=False)
     try:

@@ -36,7 +36,8 @@ def bot_list(request):
 def bot_detail(request, pk: int):
     bot = _found(selectors.bot_get, user=request.user, pk=pk)
     return render(request, "bots/bot_detail.html", {
-        "bot": bot, "subscriptions": selectors.subscription_list(user=request.user, bot=bot)})
+        "bot": bot, "subscriptions": selectors.subscription_list(user=request.user, bot=bot),
+        "record": selectors.bot_track_record(bot=bot)})
 
 
 @login_required

@@ -5,7 +5,7 @@ from decimal import Decimal
 from django import forms
 from django.core.validators import RegexValidator, URLValidator
 
-from brokers.models import Broker, BrokerAccount
+from brokers.models import Broker, BrokerAccount, Order
 from brokers.services.connect import EXPIRY_RULES, MARKETS, live_trading_allowed
 
 PRODUCTS = [("NRML", "NRML (carry forward)"), ("MIS", "MIS (intraday)")]
@@ -162,3 +162,22 @@ def credentials_form(account: BrokerAccount, *args, **kwargs) -> forms.Form:
     if account.broker == Broker.BINANCE:
         return BinanceCredentialsForm(*args, account=account, **kwargs)
     return CredentialsForm(*args, **kwargs)
+
+
+class OrderFilterForm(forms.Form):
+    """The orders page's filters (GET). Every field optional; an invalid value is ignored, not an error page."""
+
+    account = forms.ModelChoiceField(queryset=BrokerAccount.objects.none(), required=False, empty_label="All accounts")
+    status = forms.ChoiceField(choices=[("", "Any status"), *Order.Status.choices], required=False)
+    side = forms.ChoiceField(choices=[("", "Buy and sell"), *Order.Side.choices], required=False)
+    symbol = forms.CharField(max_length=64, required=False)
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="From")
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}), label="To")
+
+    def __init__(self, *args, accounts, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["account"].queryset = accounts
+
+    def filters(self) -> dict:
+        self.is_valid()  # cleaned_data keeps the fields that are valid; the others show their error
+        return {k: v for k, v in self.cleaned_data.items() if v not in (None, "")}

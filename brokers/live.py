@@ -37,6 +37,10 @@ def execution_event(execution) -> dict:
         "reason": execution.reason,
         "symbol": execution.intent.get("symbol", ""),
         "latency_ms": str(execution.latency_ms) if execution.latency_ms is not None else None,
+        # For the dashboards' tables and the admin page's per-bot counters; all already loaded, no extra query.
+        "account": execution.account.label,
+        "bot_id": (execution.intent.get("bot") or {}).get("id"),
+        "created_at": execution.created_at.isoformat() if execution.created_at else None,
     }
 
 

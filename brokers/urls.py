@@ -14,9 +14,12 @@ urlpatterns = [
     path("brokers/<int:pk>/credentials/", views.account_credentials, name="broker-account-credentials"),
     path("brokers/<int:pk>/regenerate-key/", views.account_regenerate_key, name="broker-account-regenerate"),
     path("brokers/<int:pk>/toggle/", views.account_toggle, name="broker-account-toggle"),
+    path("brokers/<int:pk>/webhook-copied/", views.webhook_copied, name="broker-account-webhook-copied"),
     path("positions/", views.position_list, name="positions"),
     path("positions/<int:pk>/close/", views.position_close_view, name="position-close"),
     path("orders/", views.order_list, name="orders"),
     path("executions/", views.execution_list, name="executions"),
     path("webhook-log/", views.webhook_log, name="webhook-log"),
+    path("webhook-log/<int:pk>/", views.webhook_log_detail, name="webhook-log-detail"),
+    path("live/", views.admin_live, name="admin-live"),
 ]

@@ -1,19 +1,34 @@
 from __future__ import annotations
 
+import json
+import secrets
+from decimal import Decimal
+
 from django.conf import settings
 from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from accounts.services import audit_record
 from brokers import selectors
-from brokers.forms import OPTIONS_FORMS, BinanceConnectForm, KiteConnectForm, PaperAccountForm, credentials_form
+from brokers.forms import (
+    OPTIONS_FORMS,
+    BinanceConnectForm,
+    KiteConnectForm,
+    OrderFilterForm,
+    PaperAccountForm,
+    credentials_form,
+)
 from brokers.models import Broker, BrokerAccount, Position
 from brokers.services import account_create, account_set_enabled, api_key_regenerate, connect, position_close
 from webhooks.examples import webhook_examples
+from webhooks.models import WebhookLog
 from webhooks.selectors import webhook_log_list
 
 NEW_KEY_SESSION = "new_webhook_key"
@@ -73,18 +88,40 @@ def account_detail(request, pk: int):
         del request.session[NEW_KEY_SESSION]  # shown once, then only masked
     return render(request, "brokers/account_detail.html", {
         "account": account, "raw_key": raw_key, "examples": webhook_examples(account=account, raw_key=raw_key),
-        "connection": connect.account_connection(account=account),
+        "connection": connect.account_connection(account=account), "test_alert_body": test_alert_body(account),
     })
+
+
+def test_alert_body(account: BrokerAccount) -> str:
+    """The sample alert of the "send test alert" button: a small market buy carrying its price (a paper fill
+    needs one), with an id of its own so pressing the button again is a new alert, not a duplicate."""
+    binance = account.broker == Broker.BINANCE
+    symbol, qty, price = ("BTCUSDT", "0.001", "60000") if binance else ("NIFTYBEES", "1", "265.40")
+    return json.dumps({"version": "unify.v1", "id": f"test-{secrets.token_hex(4)}", "intent": {
+        "side": "buy", "type": "market", "symbol": symbol, "qty": qty, "price": price}}, indent=2)
+
+
+@login_required
+@require_POST
+def webhook_copied(request, pk: int):
+    """The copy button was used: ticks the dashboard checklist's "copy webhook" step."""
+    account = _owned(selectors.account_get, user=request.user, pk=pk)
+    audit_record(user=request.user, action=selectors.ONBOARDING_COPIED, target=account.label)
+    return HttpResponse(status=204)
 
 
 @login_required
 def kite_connect(request):
     form = KiteConnectForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        connected = connect.kite_account_connect(owner=request.user, **form.cleaned_data)
-        _show_key_once(request, connected.account, connected.key)
-        messages.success(request, f"{connected.account.label} saved. Log in to Kite to finish connecting.")
-        return redirect(connect.kite_login_redirect(account=connected.account, user=request.user))
+        try:
+            connected = connect.kite_account_connect(owner=request.user, **form.cleaned_data)
+        except connect.ConnectError as exc:  # e.g. the billing plan's broker limit
+            _refused(form, exc)
+        else:
+            _show_key_once(request, connected.account, connected.key)
+            messages.success(request, f"{connected.account.label} saved. Log in to Kite to finish connecting.")
+            return redirect(connect.kite_login_redirect(account=connected.account, user=request.user))
     return render(request, "brokers/connect_kite.html", {
         "form": form, "redirect_url": settings.PUBLIC_URL + reverse("broker-kite-callback"),
     })
@@ -200,10 +237,19 @@ def position_close_view(request, pk: int):
     return redirect("positions")
 
 
+def _query_without_page(request) -> str:
+    query = request.GET.copy()
+    query.pop("page", None)
+    return query.urlencode()
+
+
 @login_required
 def order_list(request):
-    page = Paginator(selectors.order_list(user=request.user), 50).get_page(request.GET.get("page"))
-    return render(request, "brokers/order_list.html", {"page": page})
+    form = OrderFilterForm(request.GET, accounts=selectors.account_list(user=request.user))
+    page = Paginator(selectors.order_list(user=request.user, **form.filters()), 50).get_page(request.GET.get("page"))
+    return render(request, "brokers/order_list.html", {
+        "page": page, "form": form, "filter_query": _query_without_page(request),
+        "filtered": any(k != "page" for k in request.GET)})
 
 
 @login_required
@@ -215,4 +261,38 @@ def execution_list(request):
 @login_required
 def webhook_log(request):
     page = Paginator(webhook_log_list(user=request.user), 50).get_page(request.GET.get("page"))
-    return render(request, "webhooks/log_list.html", {"page": page})
+    return render(request, "brokers/webhook_log.html", {"page": page})
+
+
+@login_required
+def webhook_log_detail(request, pk: int):
+    try:
+        entry = webhook_log_list(user=request.user).select_related("signal").get(pk=pk)
+    except WebhookLog.DoesNotExist as exc:
+        raise Http404("Not found") from exc
+    return render(request, "brokers/webhook_log_detail.html", {
+        "entry": entry, "payload": _pretty(entry.payload), "response": json.dumps(entry.response, indent=2),
+        "executions": selectors.execution_list(user=request.user).filter(signal_id=entry.signal_id)
+        if entry.signal_id else []})
+
+
+def _pretty(text: str) -> str:
+    """The payload as received, indented when it is JSON (a text/plain alert often is)."""
+    try:
+        return json.dumps(json.loads(text), indent=2)
+    except ValueError:
+        return text
+
+
+@staff_member_required
+def admin_live(request):
+    """Staff: executions streaming in from every customer, per-bot counters for today, the total open P&L."""
+    start_of_day = timezone.localtime().replace(hour=0, minute=0, second=0, microsecond=0)
+    positions = selectors.admin_open_positions()
+    return render(request, "brokers/admin_live.html", {
+        "executions": selectors.admin_executions_recent(),
+        "bots": selectors.admin_bot_counters(since=start_of_day),
+        "open_pnl": selectors.money_by_currency((cur, Decimal(pnl)) for pnl, cur in positions.values()),
+        "open_count": len(positions),
+        "positions": positions,
+    })

@@ -36,6 +36,10 @@ def decide(*, execution: Execution) -> Decision:
         if not account.owner.trading_settings.auto_trade:
             return reject("auto_trade_off",
                           "Auto-trade is off in your trading settings: new entries are not placed (exits still run)")
+        from billing.services import entry_block_reason  # the plan / trial gate (DESIGN.md "Decide")
+
+        if blocked := entry_block_reason(user=account.owner, now=timezone.now()):
+            return reject("plan_limit", blocked)
         if execution.intent.get("limits"):
             decision = bot_limits_decide(execution)
             if not decision.allowed:

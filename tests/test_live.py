@@ -170,6 +170,33 @@ def test_a_fill_reaches_its_owner_and_the_admins_never_another_customer(owner, o
     run(scenario)
 
 
+def test_an_execution_reaches_its_owner_and_the_admins_with_what_their_tables_show(owner, other, admin_user):
+    """The dashboard's "recent signals" row and the admin page's per-bot counter come from this one event."""
+    from brokers.live import publish_execution
+    from brokers.models import Execution
+
+    account, _ = factories.paper_account(owner=owner, label="Swing")
+    factories.paper_account(owner=other)
+    execution = Execution.objects.create(account=account, status=Execution.Status.REJECTED,
+                                         reason="Daily loss limit reached", intent={
+                                             "symbol": "NIFTYBEES", "bot": {"id": 7, "subscription": 3}})
+    cookies = [session_cookie(u) for u in (owner, other, admin_user)]
+
+    async def scenario():
+        (a, _), (b, _), (admin, _) = [await connected(c) for c in cookies]
+        await database_sync_to_async(publish_execution)(execution)
+        for socket in (a, admin):
+            event = await socket.receive_json_from(timeout=WAIT)
+            assert (event["kind"], event["id"], event["account"], event["symbol"], event["status"], event["bot_id"]) \
+                == ("execution", execution.pk, "Swing", "NIFTYBEES", "rejected", 7)
+            assert event["reason"] == "Daily loss limit reached" and event["created_at"]
+        assert await b.receive_nothing(timeout=QUIET)
+        for socket in (a, b, admin):
+            await socket.disconnect()
+
+    run(scenario)
+
+
 def test_a_fill_rolled_back_is_never_published(owner):
     from django.db import transaction
 

@@ -110,6 +110,17 @@ WEBHOOK_UNKNOWN_KEY_RATE_LIMIT = env.str("WEBHOOK_UNKNOWN_KEY_RATE_LIMIT", defau
 WEBHOOK_MAX_BODY_BYTES = 64 * 1024
 WEBHOOK_DEDUPE_SECONDS = env.int("WEBHOOK_DEDUPE_SECONDS", default=60)
 
+# Billing (billing/, seed 003). Without STRIPE_SECRET_KEY the billing page says billing is not configured and
+# everything else works (the embedded demo). STRIPE_API_BASE points the stripe client elsewhere (tests: a local server).
+STRIPE_SECRET_KEY = env.str("STRIPE_SECRET_KEY", default="")
+STRIPE_PUBLISHABLE_KEY = env.str("STRIPE_PUBLISHABLE_KEY", default="")
+STRIPE_WEBHOOK_SECRET = env.str("STRIPE_WEBHOOK_SECRET", default="")
+STRIPE_API_BASE = env.str("STRIPE_API_BASE", default="https://api.stripe.com")
+STRIPE_WEBHOOK_TOLERANCE = 300  # seconds: Stripe's own default; older signed events are refused (replays)
+BILLING_TRIAL_DAYS = env.int("BILLING_TRIAL_DAYS", default=3)
+BILLING_TRIAL_TRADES = env.int("BILLING_TRIAL_TRADES", default=100)
+BILLING_GRACE_DAYS = env.int("BILLING_GRACE_DAYS", default=3)  # after a failed payment, before trial limits
+
 INSTALLED_APPS = [
     "django.contrib.admin",
     "django.contrib.auth",
@@ -123,6 +134,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",
     "encrypted_model_fields",
     "allauth",
     "allauth.account",
@@ -144,6 +156,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "allauth.account.middleware.AccountMiddleware",
+    "accounts.middleware.UserTimezoneMiddleware",  # after auth: times shown in the user's timezone
     # Last: WhiteNoise is sync-only, and placed early it forces a thread hop around every other middleware
     # under ASGI (measured: /livez 1.7 → 1.1 ms CPU per request).
     "whitenoise.middleware.WhiteNoiseMiddleware",
@@ -307,14 +320,42 @@ STORAGES = {
     },
 }
 
+# The customer API (/api/v1/, tradeflow/api_urls.py): personal API tokens first, so an anonymous call is a 401;
+# the session for the browsable API. JSON in and out; errors in the webhooks' format (tradeflow/api_common.py).
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.SessionAuthentication"],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["tradeflow.api_auth.TokenAuthentication",
+                                       "rest_framework.authentication.SessionAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated", "tradeflow.api_auth.TokenScope"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "DEFAULT_PAGINATION_CLASS": "tradeflow.api_common.Pagination",
     "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer",
+                                 "rest_framework.renderers.BrowsableAPIRenderer"],
+    "DEFAULT_THROTTLE_CLASSES": ["tradeflow.api_auth.ApiRateThrottle"],
+    # Per token (per user for sessions): a script gone wild slows down alone.
+    "DEFAULT_THROTTLE_RATES": {"api": env.str("API_RATE_LIMIT", default="600/m")},
+    "EXCEPTION_HANDLER": "tradeflow.api_common.exception_handler",
 }
-SPECTACULAR_SETTINGS = {"TITLE": "TradeFlow API", "VERSION": "1.0.0"}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "TradeFlow API",
+    "VERSION": "1.0.0",
+    "DESCRIPTION": "Everything a customer does on the pages, as JSON. Authenticate with a personal API token "
+                   "(Settings → API tokens) sent as `Authorization: Token tf_pat_...`. Errors are "
+                   "`{\"error\": {\"code\", \"message\", \"fields\"}}`.",
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "COMPONENT_SPLIT_REQUEST": True,
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "tradeflow.api_common.add_error_responses"],
+    # Swagger UI and Redoc served from our own static files (drf-spectacular-sidecar), no CDN.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "ENUM_NAME_OVERRIDES": {"BrokerEnum": "brokers.models.Broker", "BotBrokerEnum": "bots.models.Bot.BrokerChoice",
+                            "TimezoneEnum": "accounts.models.TIMEZONE_CHOICES"},
+}
 
 if not EMBEDDED and not DEBUG:
     SESSION_COOKIE_SECURE = envbool("SECURE_COOKIES", True)

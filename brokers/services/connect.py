@@ -74,6 +74,18 @@ def _clean(options: dict) -> dict:
     return {name: value for name, value in options.items() if value is not None and value != ""}
 
 
+def _plan_allows(owner, broker: str) -> None:
+    """The billing plan's broker / accounts-per-broker limits, as a ConnectError the connect pages show."""
+    from django.core.exceptions import ValidationError
+
+    from billing.services import limit_check
+
+    try:
+        limit_check(user=owner, resource="account", broker=broker)
+    except ValidationError as exc:
+        raise ConnectError(exc.messages[0]) from exc
+
+
 # --- Zerodha Kite ---------------------------------------------------------------------------------------------
 
 def _kite_logged_out(account: BrokerAccount) -> None:
@@ -86,6 +98,7 @@ def _kite_logged_out(account: BrokerAccount) -> None:
 def kite_account_connect(*, owner, label: str, api_key: str, api_secret: str, mode: str, product: str = "NRML",
                          expiry_rule: str = "nearest_weekly", proxy: str = "") -> Connected:
     """Store a Kite account (not logged in yet); the caller sends the browser to ``kite_login_redirect``."""
+    _plan_allows(owner, Broker.KITE)
     account = BrokerAccount(mode=mode)
     _kite_logged_out(account)
     created, key = account_create(
@@ -189,6 +202,7 @@ def binance_check(account: BrokerAccount) -> list[str]:
 def binance_account_connect(*, owner, label: str, api_key: str, api_secret: str, mode: str, market: str = "spot",
                             testnet: bool = False, leverage: int | None = None) -> Connected:
     """Check the key with Binance, then store the account. A refused key leaves nothing behind."""
+    _plan_allows(owner, Broker.BINANCE)
     options = _clean({"market": market, "testnet": testnet,
                       "leverage": leverage if market == "futures" else None})
     probe = BrokerAccount(owner=owner, label=label, broker=Broker.BINANCE, mode=mode, api_key=api_key,

@@ -3,6 +3,7 @@
 (function () {
   "use strict";
   var table = document.querySelector("[data-live-positions]");
+  var execBody = document.querySelector("[data-live-executions]");
   if (!table || window.tradeflowLive) return;
   window.tradeflowLive = true;
   var body = table.querySelector("tbody");
@@ -61,7 +62,17 @@
   function refreshTotals() {
     var all = rows(), sum = 0, empty = body.querySelector("[data-testid=positions-empty]");
     all.forEach(function (tr) { sum += Number(tr.getAttribute("data-pnl") || 0); });
-    if (total) { total.textContent = money(sum); total.className = sum >= 0 ? "pos" : "neg"; }
+    if (total) {
+      // Only a single-currency total is summed here; mixed currencies keep the server's per-currency text.
+      var currencies = {};
+      all.forEach(function (tr) { currencies[tr.getAttribute("data-currency") || ""] = true; });
+      var names = Object.keys(currencies);
+      if (names.length <= 1) {
+        var cur = names[0] || total.getAttribute("data-currency") || "";
+        total.textContent = money(sum) + (cur ? " " + cur : "");
+        total.className = sum >= 0 ? "pos" : "neg";
+      }
+    }
     if (count) count.textContent = all.length + " open position" + (all.length === 1 ? "" : "s");
     if (all.length && empty) empty.remove();
     if (!all.length && !empty) {
@@ -76,8 +87,48 @@
     if (!tr) { tr = rowFor(p); body.insertBefore(tr, body.firstChild); }
     mark(tr, p);
   }
+  var tz = document.body.getAttribute("data-tz") || undefined;
+  function localTime(iso) {
+    var d = iso ? new Date(iso) : new Date();
+    try {
+      return new Intl.DateTimeFormat("sv-SE", {timeZone: tz, year: "numeric", month: "2-digit", day: "2-digit",
+        hour: "2-digit", minute: "2-digit", second: "2-digit", timeZoneName: "short"}).format(d);
+    } catch (e) { return d.toISOString(); }
+  }
+  var STATUS = {pending: "Pending", running: "Running", filled: "Filled", placed: "Placed (open at broker)",
+                rejected: "Rejected", failed: "Failed"};
+  function stepDone(key) {  // the onboarding checklist follows along without a reload
+    var li = document.querySelector('[data-testid=onboarding] li[data-step="' + key + '"]');
+    if (!li || li.getAttribute("data-done") === "true") return;
+    li.setAttribute("data-done", "true"); li.classList.add("done");
+    var check = li.querySelector(".check"), link = li.querySelector("a");
+    if (check) check.textContent = "\u2713";
+    if (link) link.remove();
+  }
+  function execution(e) {
+    stepDone("alert");
+    if (e.status === "filled") stepDone("trade");
+    if (!execBody) return;
+    var tr = execBody.querySelector('tr[data-execution="' + e.id + '"]');
+    var empty = execBody.querySelector("[data-testid=executions-empty]");
+    if (empty) empty.remove();
+    if (!tr) {
+      tr = document.createElement("tr");
+      tr.setAttribute("data-execution", e.id); tr.setAttribute("data-testid", "execution-row");
+      [cell(localTime(e.created_at)), cell(e.account || ""), cell(e.symbol || ""), cell("", "execution-status"),
+       cell(""), cell("")].forEach(function (td) { tr.appendChild(td); });
+      execBody.insertBefore(tr, execBody.firstChild);
+      while (execBody.children.length > 20) execBody.removeChild(execBody.lastChild);
+    }
+    var tds = tr.children;
+    tds[3].textContent = STATUS[e.status] || e.status; tds[3].className = "status-" + e.status;
+    tds[4].textContent = e.reason || "";
+    tds[5].textContent = e.latency_ms ? e.latency_ms + " ms" : "";
+    tr.classList.remove("tick"); void tr.offsetWidth; tr.classList.add("tick");
+  }
   function onMessage(event) {
     var msg = JSON.parse(event.data);
+    if (msg.kind === "execution") { execution(msg); return; }
     if (msg.kind === "snapshot") {
       var keep = {};
       msg.positions.forEach(function (p) { keep[p.id] = true; upsert(p); });
