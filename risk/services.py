@@ -48,10 +48,13 @@ def entry_admit(*, execution: Execution, now=None) -> Decision:
     """The user's risk rules for an entry, decided under a per-user lock (the RiskConfig row) together with
     reserving the trade slot, so concurrent entries see each other and can never pass a limit together."""
     user = execution.account.owner
-    risk_config_get(user=user)  # create outside the lock's transaction (get_or_create races on insert)
     with transaction.atomic():
-        config = RiskConfig.objects.select_for_update().get(user=user)
-        if RiskAdmission.objects.filter(execution=execution).exists():  # a resumed execution keeps its slot
+        config = RiskConfig.objects.select_for_update().filter(user=user).first()
+        if config is None:  # the user's first entry (get_or_create settles a concurrent first insert)
+            risk_config_get(user=user)
+            config = RiskConfig.objects.select_for_update().get(user=user)
+        # A resumed execution keeps its slot. The claim counts attempts, so a first attempt has none to find.
+        if execution.attempts != 1 and RiskAdmission.objects.filter(execution=execution).exists():
             return ALLOW
         now = now or timezone.now()
         counters = risk_counters(user=user, account=execution.account, config=config, now=now)

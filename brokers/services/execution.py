@@ -340,14 +340,21 @@ def _record_latency(execution: Execution) -> None:
 
 
 def _reserve(execution: Execution, leg: LegPlan) -> Order:
-    """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides)."""
+    """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides).
+
+    A new row is inserted already ``sending`` (it is sent next): the durable mark that the broker may have it,
+    without a second round trip. ``fresh`` tells ``_submit`` that this attempt made it, so nothing can have been
+    sent yet and there is nothing to look up."""
     try:
         with savepoint_if_nested():  # in autocommit the INSERT alone is atomic: no BEGIN/COMMIT round trips
-            return Order.objects.create(
+            order = Order.objects.create(
                 execution=execution, leg=leg.leg, account=execution.account,
                 client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,
-                order_type=leg.order_type, qty=leg.qty, price=leg.price,
+                order_type=leg.order_type, qty=leg.qty, price=leg.price, status=Order.Status.SENDING,
+                sent_at=timezone.now(),
             )
+            order.fresh = True
+            return order
     except IntegrityError:
         return Order.objects.get(execution=execution, leg=leg.leg)
 
@@ -359,6 +366,8 @@ def _request(order: Order, leg: LegPlan) -> OrderRequest:
 
 
 def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
+    if getattr(order, "fresh", False):
+        return _send(adapter, order, leg)
     if order.status in (Order.Status.FILLED, Order.Status.OPEN, Order.Status.CANCELLED):
         return OrderResult(broker_order_id=order.broker_order_id, status=order.status,
                            filled_qty=order.filled_qty, avg_price=order.avg_price, reject_reason=order.reject_reason)
@@ -369,6 +378,11 @@ def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
         if found is not None:
             return _found(adapter, order, leg, found)
     Order.objects.filter(pk=order.pk).update(status=Order.Status.SENDING, sent_at=timezone.now())
+    return _send(adapter, order, leg)
+
+
+def _send(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
+    """Place an order whose row is marked ``sending``; an ambiguous answer is settled by a lookup."""
     try:
         result = adapter.place_order(_request(order, leg))
     except BrokerAmbiguous as exc:
