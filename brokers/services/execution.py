@@ -41,6 +41,7 @@ from brokers.adapters.base import (
 from brokers.calc import round_to_tick, sl_tp_prices
 from brokers.models import BrokerAccount, Execution, Order, Position
 from brokers.services.breakeven import position_breakeven_record
+from brokers.services.closed_outside import book_closed_outside
 from brokers.services.outcomes import execution_record_slippage, execution_save_outcome
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import position_apply_fill
@@ -186,10 +187,21 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
     done: list[str] = []
     resting = False
     warning = ""
+    outside: list[str] = []  # closes the broker had nothing left for (closed in its own app)
     for n, leg in enumerate(legs):
         order = _reserve(execution, leg)
         try:
-            result = _submit(adapter, order, leg)
+            try:
+                result = _submit(adapter, order, leg)
+            except BrokerRejected as exc:
+                if exc.code != "not_held" or not leg.reduce_only:
+                    raise
+                outside.append(book_closed_outside(execution, leg, leg.qty, exc.message))
+                done.append(leg.leg)
+                continue
+            if leg.reduce_only and (result.raw or {}).get("not_held_qty"):
+                outside.append(book_closed_outside(execution, leg, Decimal(result.raw["not_held_qty"]),
+                                                   f"{leg.symbol}: the broker held less than TradeFlow's books"))
             gate = ""
             if leg.leg == "hedge" and result.status == "open":
                 result, gate = _cancel_unfilled_hedge(adapter, order, leg)
@@ -219,6 +231,8 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
         resting = resting or result.status == "open"
     # A limit order resting at the broker is accepted but not filled: say so rather than "filled".
     status = Execution.Status.PLACED if resting else Execution.Status.FILLED
+    if outside:
+        return _finish(execution, status, code="closed_outside", reason="; ".join(outside))
     return _finish(execution, status, code="unprotected" if warning else "", reason=warning)
 
 
