@@ -12,7 +12,7 @@ from accounts.services import audit_record
 from brokers.models import BrokerAccount, Execution, Position
 from risk.models import RiskAdmission, RiskConfig, TradingHalt
 from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, reject
-from risk.selectors import risk_config_get, risk_counters, trading_halted
+from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
 
 log = logging.getLogger(__name__)
 HALTED = "Trading halted by the operator (global kill switch): nothing was sent. Trading resumes when it is lifted."
@@ -84,11 +84,12 @@ def bot_limits_decide(execution: Execution) -> Decision:
         return reject("max_concurrent_positions", f"This bot already has {most} open position(s) on "
                       f"{execution.account.label}, your limit for it: no new entry until one closes")
     if limits.get("max_daily_loss") is not None:
-        today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        # The trader's day, as for their own daily loss rule (trading settings' timezone), not UTC's.
+        today = day_start(user=execution.account.owner, now=timezone.now())
         realized = positions.filter(closed_at__gte=today).aggregate(total=Sum("realized_pnl"))["total"] or 0
         if -realized >= Decimal(limits["max_daily_loss"]):
             return reject("max_daily_loss", f"Daily loss limit reached for this bot: {-realized:.2f} lost today "
-                          f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow (UTC).")
+                          f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow.")
     return ALLOW
 
 
