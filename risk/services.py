@@ -11,7 +11,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from brokers.models import BrokerAccount, Execution, Position
 from risk.models import RiskAdmission, RiskConfig, TradingHalt
-from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, reject
+from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, money, reject
 from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ def entry_admit(*, execution: Execution, now=None) -> Decision:
         if config is None:  # the user's first entry (get_or_create settles a concurrent first insert)
             risk_config_get(user=user)
             config = RiskConfig.objects.select_for_update().get(user=user)
+        execution.risk_config = config  # for the planned-value check after sizing (planned_value_decide)
         # A resumed execution keeps its slot. The claim counts attempts, so a first attempt has none to find.
         if execution.attempts != 1 and RiskAdmission.objects.filter(execution=execution).exists():
             return ALLOW
@@ -65,6 +66,19 @@ def entry_admit(*, execution: Execution, now=None) -> Decision:
     if decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
         positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
     return decision
+
+
+def planned_value_decide(*, execution: Execution, value: Decimal) -> Decision:
+    """The max position value rule for an entry the alert did not price (no qty × price in it): checked on the
+    planned main order, before anything is sent. A refusal gives the admitted trade slot back."""
+    config = execution.risk_config  # the row entry_admit locked for this run
+    if not config.enabled or config.max_position_value is None or value <= config.max_position_value:
+        return ALLOW
+    RiskAdmission.objects.filter(execution=execution).delete()
+    currency = execution.account.currency
+    return reject("max_position_value", f"Position value {money(value, currency, sign=False)} over the limit of "
+                  f"{money(config.max_position_value, currency, sign=False)} (sized from your settings and the "
+                  "last price)")
 
 
 def positions_flatten(*, user, why: str, actor=None) -> list[Execution]:

@@ -39,7 +39,7 @@ from brokers.adapters.base import (
     OrderResult,
 )
 from brokers.calc import round_to_tick, sl_tp_prices
-from brokers.models import BrokerAccount, Execution, Order, Position
+from brokers.models import BrokerAccount, Execution, Order, Position, Quote
 from brokers.services.breakeven import position_breakeven_record
 from brokers.services.closed_outside import book_closed_outside
 from brokers.services.outcomes import execution_record_slippage, execution_save_outcome
@@ -180,7 +180,31 @@ def execution_run(*, execution_id: int) -> Execution:
         return _finish(execution, Execution.Status.REJECTED, code=exc.code, reason=exc.message)
     except BrokerError as exc:  # a question the plan asked the broker (exchange filters, a last price)
         return _broker_failure(execution, exc, f"Could not prepare the order: {exc.message}")
+    if (value := _unpriced_entry_value(execution, legs)) is not None:
+        from risk.services import planned_value_decide
+
+        decision = planned_value_decide(execution=execution, value=value)
+        if not decision.allowed:
+            return _finish(execution, Execution.Status.REJECTED, code=decision.code, reason=decision.message)
     return _place_legs(execution, adapter, legs)
+
+
+def _unpriced_entry_value(execution: Execution, legs: list[LegPlan]) -> Decimal | None:
+    """The planned main order's value, for an entry signal whose alert carried no qty × price (the risk check of
+    the alert could not see it), on its first run; None when there is nothing to check."""
+    from risk.rules import intent_value, is_exit
+
+    config = getattr(execution, "risk_config", None)  # set by the risk admission of this run's entry
+    if (config is None or not config.enabled or config.max_position_value is None or execution.attempts != 1
+            or is_exit(execution.intent) or intent_value(execution.intent) is not None):
+        return None
+    main = next((leg for leg in legs if leg.leg == "main"), None)
+    if main is None:
+        return None
+    # The price the order is sized at, else the last known quote (a market order of an alert without a price).
+    price = main.price or main.reference_price or Quote.objects.filter(
+        broker=execution.account.broker, symbol=main.symbol).values_list("price", flat=True).first()
+    return main.qty * price if price else None
 
 
 def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan]) -> Execution:
