@@ -204,6 +204,7 @@ def bench_env(args) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DEBUG": "0",
         "WEBHOOK_RATE_LIMIT": "1000000/m",
+        "BILLING_TRIAL_TRADES": "100000000",  # the bench accounts trade thousands of times on the sign-up trial
         "LOG_LEVEL": args.log_level,
         "DJANGO_SETTINGS_MODULE": "tradeflow.settings",
         "PYTHONUNBUFFERED": "1",

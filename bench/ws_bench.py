@@ -164,19 +164,49 @@ class Client:
             self.snapshot.set()
 
 
-async def drive(args, env: dict[str, str], port: int, keys: list[str]) -> dict:
+async def clients_only(args) -> int:
+    """One client process (``--clients-only``): connect its share of the sessions, say READY, record every
+    "prices" event until STOP arrives on stdin, then print the arrivals as JSON."""
+    keys = json.loads(Path(args.keys_file).read_text())
     stop = asyncio.Event()
     clients = [Client(k) for k in keys]
-    t0 = time.monotonic()
     tasks = []
     for i in range(0, len(clients), 50):  # connect in batches, like users arriving, not one burst
-        tasks += [asyncio.create_task(c.run(port, stop)) for c in clients[i:i + 50]]
+        tasks += [asyncio.create_task(c.run(args.port, stop)) for c in clients[i:i + 50]]
         await asyncio.sleep(0.05)
     await asyncio.wait_for(asyncio.gather(*(c.snapshot.wait() for c in clients)), timeout=60)
+    print("READY", flush=True)
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    await reader.readline()  # STOP
+    stop.set()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print("RESULT " + json.dumps({"errors": sum(c.errors for c in clients),
+                                  "arrivals": [a for c in clients if not c.errors for a in c.arrivals]}), flush=True)
+    return 0
+
+
+async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: Path) -> dict:
+    """The clients run in ``--client-procs`` processes: 500 browsers are 500 machines, and one Python process
+    reading 500 sockets in turn would add its own queue to the figure (reported: how many processes)."""
+    t0 = time.monotonic()
+    share = max(1, -(-len(keys) // args.client_procs))
+    clients = []
+    for n, i in enumerate(range(0, len(keys), share)):
+        keys_file = run_dir / f"keys-{n}.json"
+        keys_file.write_text(json.dumps(keys[i:i + share]))
+        clients.append(await asyncio.create_subprocess_exec(
+            PY, str(Path(__file__).resolve()), "--clients-only", "--port", str(port), "--keys-file", str(keys_file),
+            env=env, cwd=ROOT, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=2**26))
+    for proc in clients:
+        line = await asyncio.wait_for(proc.stdout.readline(), timeout=90)
+        if not line.startswith(b"READY"):
+            raise RuntimeError(f"a client process did not connect: {line[:200]!r}")
     connect_s = time.monotonic() - t0
-    connected = sum(1 for c in clients if not c.errors)
-    log(f"{connected}/{len(clients)} clients connected with their snapshot in {connect_s:.1f} s")
-    # The feed runs in its own process, as the beat worker would: not sharing a GIL with 500 clients.
+    log(f"{len(keys)} clients in {len(clients)} processes connected with their snapshot in {connect_s:.1f} s")
+    # The feed runs in its own process, as the beat worker would: not sharing a GIL with the clients.
     feed = await asyncio.create_subprocess_exec(
         PY, str(Path(__file__).resolve()), "--feed-only", "--rounds", str(args.rounds), "--interval",
         str(args.interval), "--redis-db", str(args.redis_db), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
@@ -189,27 +219,31 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str]) -> dict:
     await feed.wait()
     if feed.returncode:
         raise RuntimeError(f"the feed process failed ({feed.returncode})")
-    deadline = time.monotonic() + 3  # stragglers
-    expected = sum(1 for c in clients if not c.errors) * len(rounds)
-    while sum(len(c.arrivals) for c in clients) < expected and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-    missing = expected - sum(len(c.arrivals) for c in clients)
-    stop.set()
-    for t in tasks:
-        t.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await asyncio.sleep(3)  # stragglers
+    arrivals, errors = [], 0
+    for proc in clients:
+        proc.stdin.write(b"STOP\n")
+        await proc.stdin.drain()
+        async for line in proc.stdout:
+            if line.startswith(b"RESULT "):
+                got = json.loads(line[7:])
+                arrivals += got["arrivals"]
+                errors += got["errors"]
+        await proc.wait()
+    connected = len(keys) - errors
+    expected = connected * len(rounds)
     from_change, from_ts = [], []
-    for c in clients:
-        for arrival, ts in c.arrivals:
-            change = max((rc for rc, _, _ in rounds if rc <= ts), default=None)
-            if change is not None:
-                from_change.append((arrival - change) * 1000)
-            from_ts.append((arrival - ts) * 1000)
+    for arrival, ts in arrivals:
+        change = max((rc for rc, _, _ in rounds if rc <= ts), default=None)
+        if change is not None:
+            from_change.append((arrival - change) * 1000)
+        from_ts.append((arrival - ts) * 1000)
     feed_ms = [(end - start) * 1000 for _, start, end in rounds]
-    return {"clients": len(clients), "connected": connected, "connect_seconds": round(connect_s, 2),
-            "rounds": len(rounds), "events_expected": expected, "events_received": len(from_ts),
-            "events_missing": missing, "latency_from_change_ms": summary(from_change),
-            "latency_from_event_ts_ms": summary(from_ts), "feed_run_ms": summary(feed_ms)}
+    return {"clients": len(keys), "client_procs": len(clients), "connected": connected,
+            "connect_seconds": round(connect_s, 2), "rounds": len(rounds), "events_expected": expected,
+            "events_received": len(from_ts), "events_missing": expected - len(from_ts),
+            "latency_from_change_ms": summary(from_change), "latency_from_event_ts_ms": summary(from_ts),
+            "feed_run_ms": summary(feed_ms)}
 
 
 def feed_only(args) -> int:
@@ -237,10 +271,18 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--redis-db", type=int, default=11)
     parser.add_argument("--max-seconds", type=int, default=120)
+    parser.add_argument("--client-procs", type=int, default=2, help="processes the clients are spread over")
     parser.add_argument("--feed-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--clients-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--keys-file", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.feed_only:
         return feed_only(args)
+    if args.clients_only:
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
+        return asyncio.run(clients_only(args))
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 8192)), hard))
@@ -280,20 +322,21 @@ def main() -> int:
             time.sleep(0.1)
         else:
             raise RuntimeError("uvicorn did not answer /livez in 20 s")
-        result = asyncio.run(drive(args, env, port, keys))
+        result = asyncio.run(drive(args, env, port, keys, run_dir))
         result.update({"workers": args.workers, "interval_s": args.interval,
                        "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()})
         RESULTS.mkdir(exist_ok=True)
         out = RESULTS / f"ws-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
         out.write_text(json.dumps(result, indent=2))
         lc, lt, feed = result["latency_from_change_ms"], result["latency_from_event_ts_ms"], result["feed_run_ms"]
-        print(f"\n{result['connected']}/{result['clients']} clients, {result['rounds']} price changes, "
+        print(f"\n{result['connected']}/{result['clients']} clients in {result['client_procs']} processes, "
+              f"{result['rounds']} price changes, "
               f"{result['events_received']}/{result['events_expected']} events received "
               f"({result['events_missing']} missing)")
         print(f"price change -> client: p50 {fmt(lc.get('p50'), ' ms')}  p99 {fmt(lc.get('p99'), ' ms')}  "
               f"max {fmt(lc.get('max'), ' ms')}   (target p99 <= 100 ms)")
         print(f"feed read (event ts) -> client: p50 {fmt(lt.get('p50'), ' ms')}  p99 {fmt(lt.get('p99'), ' ms')}")
-        print(f"feed run (read the marks, bulk UPDATE, publish): p50 {fmt(feed.get('p50'), ' ms')}"
+        print(f"feed run (read the marks, publish, store them): p50 {fmt(feed.get('p50'), ' ms')}"
               f"  max {fmt(feed.get('max'), ' ms')}")
         print(f"results: {out.relative_to(ROOT)}")
         return 0 if lc.get("p99") is not None and lc["p99"] <= 100 and not result["events_missing"] else 1

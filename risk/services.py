@@ -11,8 +11,8 @@ from django.utils import timezone
 from accounts.services import audit_record
 from brokers.models import BrokerAccount, Execution, Position
 from risk.models import RiskAdmission, RiskConfig, TradingHalt
-from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, reject
-from risk.selectors import risk_config_get, risk_counters, trading_halted
+from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, money, reject
+from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
 
 log = logging.getLogger(__name__)
 HALTED = "Trading halted by the operator (global kill switch): nothing was sent. Trading resumes when it is lifted."
@@ -52,10 +52,14 @@ def entry_admit(*, execution: Execution, now=None) -> Decision:
     """The user's risk rules for an entry, decided under a per-user lock (the RiskConfig row) together with
     reserving the trade slot, so concurrent entries see each other and can never pass a limit together."""
     user = execution.account.owner
-    risk_config_get(user=user)  # create outside the lock's transaction (get_or_create races on insert)
     with transaction.atomic():
-        config = RiskConfig.objects.select_for_update().get(user=user)
-        if RiskAdmission.objects.filter(execution=execution).exists():  # a resumed execution keeps its slot
+        config = RiskConfig.objects.select_for_update().filter(user=user).first()
+        if config is None:  # the user's first entry (get_or_create settles a concurrent first insert)
+            risk_config_get(user=user)
+            config = RiskConfig.objects.select_for_update().get(user=user)
+        execution.risk_config = config  # for the planned-value check after sizing (planned_value_decide)
+        # A resumed execution keeps its slot. The claim counts attempts, so a first attempt has none to find.
+        if execution.attempts != 1 and RiskAdmission.objects.filter(execution=execution).exists():
             return ALLOW
         now = now or timezone.now()
         counters = risk_counters(user=user, account=execution.account, config=config, now=now)
@@ -66,6 +70,19 @@ def entry_admit(*, execution: Execution, now=None) -> Decision:
     if decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
         positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
     return decision
+
+
+def planned_value_decide(*, execution: Execution, value: Decimal) -> Decision:
+    """The max position value rule for an entry the alert did not price (no qty × price in it): checked on the
+    planned main order, before anything is sent. A refusal gives the admitted trade slot back."""
+    config = execution.risk_config  # the row entry_admit locked for this run
+    if not config.enabled or config.max_position_value is None or value <= config.max_position_value:
+        return ALLOW
+    RiskAdmission.objects.filter(execution=execution).delete()
+    currency = execution.account.currency
+    return reject("max_position_value", f"Position value {money(value, currency, sign=False)} over the limit of "
+                  f"{money(config.max_position_value, currency, sign=False)} (sized from your settings and the "
+                  "last price)")
 
 
 def positions_flatten(*, user, why: str, actor=None) -> list[Execution]:
@@ -85,11 +102,12 @@ def bot_limits_decide(execution: Execution) -> Decision:
         return reject("max_concurrent_positions", f"This bot already has {most} open position(s) on "
                       f"{execution.account.label}, your limit for it: no new entry until one closes")
     if limits.get("max_daily_loss") is not None:
-        today = timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+        # The trader's day, as for their own daily loss rule (trading settings' timezone), not UTC's.
+        today = day_start(user=execution.account.owner, now=timezone.now())
         realized = positions.filter(closed_at__gte=today).aggregate(total=Sum("realized_pnl"))["total"] or 0
         if -realized >= Decimal(limits["max_daily_loss"]):
             return reject("max_daily_loss", f"Daily loss limit reached for this bot: {-realized:.2f} lost today "
-                          f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow (UTC).")
+                          f"(limit {Decimal(limits['max_daily_loss']):.2f}). New entries resume tomorrow.")
     return ALLOW
 
 

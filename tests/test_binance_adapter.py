@@ -85,11 +85,29 @@ def test_futures_account_needs_a_futures_enabled_key(owner, binance):
         adapter.validate_credentials()
 
 
+def test_a_futures_account_in_hedge_mode_is_refused_with_how_to_switch(owner, binance):
+    binance.account().dual_side = True
+    adapter = BinanceAdapter(binance_account(owner, binance))
+    with pytest.raises(BrokerRejected) as exc:
+        adapter.validate_credentials()
+    assert exc.value.code == "hedge_mode"
+    assert "Hedge Mode" in exc.value.message and "One-way Mode" in exc.value.message
+
+
+def test_an_order_after_switching_to_hedge_mode_says_why_it_failed(owner, binance):
+    adapter = BinanceAdapter(binance_account(owner, binance))
+    binance.account().dual_side = True  # switched in the Binance app after connecting
+    with pytest.raises(BrokerRejected) as exc:
+        adapter.place_order(order())
+    assert exc.value.code == "-4061" and "Position Mode" in exc.value.message
+    assert binance.account().positions.get("BTCUSDT", [D(0)])[0] == 0
+
+
 def test_testnet_account_uses_testnet_urls_and_skips_sapi(owner, binance, settings):
     settings.BINANCE_FUTURES_URL = "http://127.0.0.1:9/fapi"  # live URL unreachable: testnet must not use it
     adapter = BinanceAdapter(binance_account(owner, binance, testnet=True))
     adapter.validate_credentials()
-    assert [r.path for r in binance.log] == ["/fapi/v2/account"]
+    assert [r.path for r in binance.log] == ["/fapi/v2/account", "/fapi/v1/positionSide/dual"]
 
 
 def test_missing_credentials_fail_before_any_request(owner, binance):

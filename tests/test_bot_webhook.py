@@ -15,12 +15,19 @@ from bots.models import Subscription
 from bots.services import bot_create, bot_pause, bot_rotate_secret, subscription_create
 from brokers.models import Execution, Order
 from tests import factories
+from tests.asgi_client import webhook_router_client
 from webhooks.models import Signal, WebhookLog
 
 FROZEN = timezone.now().replace(second=5, microsecond=0)
 UNAUTHORIZED = {"error": {"code": "unauthorized", "message": (
     "Unknown bot or wrong secret: send the bot's master secret in the \"secret\" field of the alert body, to the "
     "exact webhook URL shown on the bot's page"), "fields": {}}}
+
+
+@pytest.fixture(params=["django", "asgi"])
+def client(request, client):
+    """Each test runs twice: through the Django view, and the way uvicorn serves it (webhooks/asgi.py)."""
+    return client if request.param == "django" else webhook_router_client()
 
 
 @pytest.fixture

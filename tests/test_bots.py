@@ -387,6 +387,28 @@ def test_max_concurrent_positions_limit_rejects_new_entries(owner, bot, fire):
     assert Position.objects.filter(account=sub.account, status="open").count() == 1
 
 
+@pytest.mark.parametrize(("closed_at", "blocked"), [("2026-03-10T18:00:00+00:00", False),  # 23:30 IST yesterday
+                                                     ("2026-03-10T19:00:00+00:00", True)])  # 00:30 IST today
+def test_a_bots_daily_loss_counts_from_the_traders_midnight(owner, bot, fire, closed_at, blocked):
+    import time_machine
+    from django.utils.dateparse import parse_datetime
+
+    owner.trading_settings.timezone = "Asia/Kolkata"
+    owner.trading_settings.save()
+    sub = paper_sub(bot, owner, max_daily_loss=D("500"))
+    Position.objects.create(account=sub.account, symbol="SOLUSDT", side="long", qty=D("0"), avg_price=D("180"),
+                            last_price=D("170"), realized_pnl=D("-600"), status="closed",
+                            closed_at=parse_datetime(closed_at), meta={"bot": bot.pk})
+    with time_machine.travel(parse_datetime("2026-03-10T20:00:00+00:00"), tick=False):  # 01:30 IST
+        signal = fire(bot, id="after-midnight")
+    execution = Execution.objects.get(signal=signal)
+    if blocked:
+        assert (execution.status, execution.reason_code) == ("rejected", "max_daily_loss")
+        assert "600.00 lost today" in execution.reason
+    else:
+        assert execution.status == "filled", execution.reason
+
+
 def test_paper_entry_is_margin_times_leverage_over_price(owner, bot, fire):
     sub = paper_sub(bot, owner, margin=D("190"), leverage=5)
     fire(bot, price="95000")

@@ -284,7 +284,8 @@ def test_binance_connect_futures_on_testnet(owner_client, owner, binance, live_e
     assert response.status_code == 302 and response.url == reverse("broker-account", args=[account.pk])
     assert account.options == {"market": "futures", "testnet": True, "leverage": 10}
     assert (account.broker, account.mode, account.status, account.currency) == ("binance", "live", "active", "USDT")
-    assert [r.path for r in binance.log] == ["/fapi/v2/account"]  # checked on the testnet endpoint, signed
+    assert [r.path for r in binance.log] == ["/fapi/v2/account",  # checked on the testnet endpoint, signed
+                                            "/fapi/v1/positionSide/dual"]  # and in One-way Mode
     assert binance.api_secret not in raw_columns(account.pk)[1]
     page = text(owner_client.get(response.url))
     assert "Binance accepted the key" in page and "<strong>testnet</strong>" in page and "10×" in page

@@ -182,6 +182,65 @@ def test_exit_buys_back_the_main_leg_first_then_sells_the_hedge(kite, zerodha, s
         (main["tradingsymbol"], 0), (hedge["tradingsymbol"], 0)}
 
 
+# --- closed in the Kite app: a close never opens a new position --------------------------------------------
+
+def kite_app_order(server: KiteServer, account, side: str, tradingsymbol: str, qty: int) -> None:
+    """The trader trades in Kite's own app: the same order book, without TradeFlow."""
+    from kiteconnect import KiteConnect
+
+    kc = KiteConnect(api_key=server.api_key, access_token=account.access_token, root=server.url)
+    kc.place_order(variety="regular", exchange="NFO", tradingsymbol=tradingsymbol, transaction_type=side,
+                   quantity=qty, product="NRML", order_type="MARKET", market_protection=-1)
+
+
+def test_exit_after_the_main_leg_was_closed_in_the_kite_app_sends_only_the_hedge(kite, zerodha, send):
+    account, key = zerodha
+    main, hedge = listed(kite, "2025-12-30", 25000), listed(kite, "2025-12-30", 24800)
+    kite.set_ltp(f"NFO:{main['tradingsymbol']}", "100")
+    kite.set_ltp(f"NFO:{hedge['tradingsymbol']}", "40")
+    assert send(key, lots=5).status == Execution.Status.FILLED
+    kite_app_order(kite, account, "BUY", main["tradingsymbol"], 375)  # bought back in the Kite app
+    kite.set_ltp(f"NFO:{main['tradingsymbol']}", "60")
+    sent = len(kite.order_posts())
+
+    execution = send(key, action="Exit")
+
+    assert (execution.status, execution.reason_code) == ("filled", "closed_outside"), execution.reason
+    assert f"Kite holds no {main['tradingsymbol']} (NRML) position to close" in execution.reason
+    assert "booked closed at the last known price" in execution.reason
+    # No BUY that would have opened a new long: only the hedge is sold.
+    assert [row[:3] for row in posted(kite)[sent:]] == [("SELL", hedge["tradingsymbol"], 150)]
+    assert open_positions(account) == {}
+    assert {(p["tradingsymbol"], p["quantity"]) for p in kite._positions()["net"]} == {
+        (main["tradingsymbol"], 0), (hedge["tradingsymbol"], 0)}
+    exit_main = Order.objects.get(execution=execution, leg="exit_main")
+    assert exit_main.status == "rejected" and "Nothing was sent" in exit_main.reject_reason
+
+
+def test_a_close_takes_off_only_what_kite_still_holds(kite, zerodha, send, prefs,
+                                                      django_capture_on_commit_callbacks):
+    from brokers.services.positions import position_close
+
+    prefs.hedge_pct = D("0")
+    prefs.save()
+    account, key = zerodha
+    main = listed(kite, "2025-12-30", 25000)
+    kite.set_ltp(f"NFO:{main['tradingsymbol']}", "100")
+    assert send(key, lots=4).status == Execution.Status.FILLED  # short 300
+    kite_app_order(kite, account, "BUY", main["tradingsymbol"], 75)  # one lot bought back in the Kite app
+    position = open_positions(account)[f"NFO:{main['tradingsymbol']}"]
+    sent = len(kite.order_posts())
+
+    with django_capture_on_commit_callbacks(execute=True):
+        close = position_close(position=position)
+    close.refresh_from_db()
+
+    assert close.status == Execution.Status.FILLED and close.reason_code == "closed_outside", close.reason
+    assert [row[:3] for row in posted(kite)[sent:]] == [("BUY", main["tradingsymbol"], 225)]
+    assert open_positions(account) == {}
+    assert {(p["tradingsymbol"], p["quantity"]) for p in kite._positions()["net"]} == {(main["tradingsymbol"], 0)}
+
+
 # --- failures a trader must understand -------------------------------------------------------------------
 
 def test_token_expired_mid_day_fails_marks_login_needed_and_sends_nothing_more(kite, zerodha, send):

@@ -321,3 +321,21 @@ def test_a_rejection_is_shown_on_the_alerts_webhook_log_row(client, paper, djang
     assert answer.status_code == 202
     log = WebhookLog.objects.get(signal_id=answer.json()["signal_id"])
     assert log.status == 202 and log.error.startswith("Rejected: Daily trade limit reached: 0 trades")
+
+
+def test_max_position_value_applies_to_an_alert_without_a_price_on_the_planned_order(owner, paper):
+    from brokers.adapters.paper import quote_set
+
+    account, _ = paper
+    rules(owner, max_position_value=D("500"), max_trades_per_day=5)
+    quote_set(broker="paper", symbol="NIFTYBEES", price=D("100"))
+
+    too_big = run(signal_execution(account, unify("buy", symbol="NIFTYBEES", qty="10", price=None)))
+
+    assert (too_big.status, too_big.reason_code) == ("rejected", "max_position_value")
+    assert too_big.reason.startswith("Position value ") and "over the limit of" in too_big.reason
+    assert not too_big.orders.exists() and not Position.objects.filter(account=account).exists()
+    assert not RiskAdmission.objects.filter(execution=too_big).exists()  # the refused trade uses no daily slot
+    within = run(signal_execution(account, unify("buy", symbol="NIFTYBEES", qty="4", price=None)))
+    assert within.status == Execution.Status.FILLED, within.reason
+    assert Position.objects.get(account=account).qty == 4

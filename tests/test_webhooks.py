@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from brokers.models import AccountApiKey, Execution, Order, PaperOrder, Position
 from brokers.services import account_set_enabled, api_key_regenerate
+from tests.asgi_client import webhook_router_client
 from tests.factories import paper_account
 from webhooks.models import Signal, WebhookLog
 
@@ -26,6 +27,12 @@ UNAUTHORIZED = {"error": {"code": "unauthorized", "message": (
     "header or an \"api_key\" field"), "fields": {}}}
 # A moment well inside a rate-limit window, so windows never roll over mid-test.
 FROZEN = timezone.now().replace(second=5, microsecond=0)
+
+
+@pytest.fixture(params=["django", "asgi"])
+def client(request, client):
+    """Each test runs twice: through the Django view, and the way uvicorn serves it (webhooks/asgi.py)."""
+    return client if request.param == "django" else webhook_router_client()
 
 
 def post(client, path: str = URL, body=UNIFY, content_type: str = "text/plain", **extra):

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP goes to Django, websockets to Channels consumers (authenticated by session)."""
+"""ASGI entry point: HTTP goes to Django (webhook POSTs to their receivers), websockets to Channels consumers."""
 
 import os
 
@@ -13,10 +13,12 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from tradeflow.routing import websocket_urlpatterns  # noqa: E402
+from webhooks.asgi import WebhookRouter  # noqa: E402
 
 application = ProtocolTypeRouter(
     {
-        "http": django_asgi_app,
+        # Webhook POSTs are answered by the receive services directly (webhooks/asgi.py); the rest is Django.
+        "http": WebhookRouter(django_asgi_app),
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )

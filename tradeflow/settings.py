@@ -108,6 +108,9 @@ BINANCE_TIMEOUT = env.float("BINANCE_TIMEOUT", default=10.0)
 WEBHOOK_RATE_LIMIT = env.str("WEBHOOK_RATE_LIMIT", default="120/m")
 WEBHOOK_UNKNOWN_KEY_RATE_LIMIT = env.str("WEBHOOK_UNKNOWN_KEY_RATE_LIMIT", default="60/m")
 WEBHOOK_MAX_BODY_BYTES = 64 * 1024
+# Threads per web process that run the webhook receivers (webhooks/asgi.py); each keeps a pooled connection,
+# so keep DB_POOL_MAX_SIZE above this. Two cores are busy with 4: the receive is mostly CPU.
+WEBHOOK_THREADS = env.int("WEBHOOK_THREADS", default=4)
 WEBHOOK_DEDUPE_SECONDS = env.int("WEBHOOK_DEDUPE_SECONDS", default=60)
 
 # Billing (billing/, seed 003). Without STRIPE_SECRET_KEY the billing page says billing is not configured and

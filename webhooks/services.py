@@ -22,6 +22,7 @@ from decimal import Decimal
 from django.conf import settings
 from django.core.cache import cache, caches
 from django.db import IntegrityError, transaction
+from django.http import HttpRequest
 from django.utils import timezone
 from django_ratelimit import core as ratelimit_core
 from django_ratelimit.core import is_ratelimited
@@ -46,7 +47,7 @@ class WebhookError(Exception):
 
 @dataclass
 class Inbound:
-    request: object  # the HttpRequest, for django-ratelimit
+    request: object  # the HttpRequest, for django-ratelimit (None on the ASGI path, webhooks/asgi.py)
     method: str
     path: str
     body: bytes
@@ -97,7 +98,11 @@ def rate_limited(inbound: Inbound, key: str, rate: str, group: str) -> bool:
     """
     limiter_cache = caches[getattr(settings, "RATELIMIT_USE_CACHE", "default")]
     if not isinstance(limiter_cache, SharedRedisCache) or not getattr(settings, "RATELIMIT_ENABLE", True):
-        return is_ratelimited(inbound.request, group=group, key=lambda _g, _r: key, rate=rate, increment=True)
+        request = inbound.request
+        if request is None:  # an alert that came the ASGI way (webhooks/asgi.py): the limiter only needs a request
+            request = HttpRequest()
+            request.META["REMOTE_ADDR"] = inbound.source_ip or ""
+        return is_ratelimited(request, group=group, key=lambda _g, _r: key, rate=rate, increment=True)
     limit, period = ratelimit_core._split_rate(rate)
     window = ratelimit_core._get_window(key, period)
     cache_key = limiter_cache.make_and_validate_key(

@@ -61,7 +61,14 @@ HINTS = {
     -2010: "check the free balance in your Binance spot wallet",
     -4164: "the order value is under Binance's minimum for this symbol",
     -2021: "the stop or target price is already on the wrong side of the market",
+    -4061: "this futures account is in Hedge Mode; TradeFlow trades One-way Mode: switch it in Binance → Futures → "
+           "Preferences → Position Mode (with no open positions or orders)",
 }
+HEDGE_MODE_REFUSAL = (
+    "This Binance futures account is in Hedge Mode (long and short positions side by side). TradeFlow trades in "
+    "One-way Mode, where a sell closes a long: switch it in Binance → Futures → Preferences → Position Mode → "
+    "One-way Mode (possible with no open positions or orders), then connect again."
+)
 BAN_UNTIL = re.compile(r"banned until (\d{13})")
 # Binance allows ``.A-Za-z0-9:/_-``, but python-binance signs values unencoded while the body is sent
 # percent-encoded, so ``:`` and ``/`` would fail the signature (-1022): keep to characters that need no encoding.
@@ -596,6 +603,9 @@ class BinanceAdapter(BrokerAdapter):
         """Refuse keys that can withdraw; warn (``self.warnings``) about keys without an IP whitelist."""
         market = self.market_for()
         self._call(market, "futures_account" if market == "futures" else "get_account")
+        if market == "futures" and self._call("futures", "futures_get_position_mode").get("dualSidePosition"):
+            # Every order would fail with -4061, and a sell would not close a long: refuse at connect time.
+            raise BrokerRejected(HEDGE_MODE_REFUSAL, code="hedge_mode")
         if self.testnet:  # the testnets have no /sapi and no withdrawals
             return None
         restrictions = self._call("spot", "get_account_api_permissions")

@@ -274,7 +274,8 @@ class KiteAdapter(BrokerAdapter):
         if request.qty <= 0 or request.qty != request.qty.to_integral_value():
             raise BrokerRejected(f"Kite quantities are whole units; got {request.qty}", code="bad_quantity")
         params = self._params(request, exchange, tradingsymbol)
-        slices = self._slices(int(request.qty), exchange, tradingsymbol, request.extra)
+        qty = self._closable(params, int(request.qty)) if request.reduce_only else int(request.qty)
+        slices = self._slices(qty, exchange, tradingsymbol, request.extra)
         order_ids: list[str] = []
         for n, quantity in enumerate(slices, start=1):
             try:
@@ -289,7 +290,23 @@ class KiteAdapter(BrokerAdapter):
                 note = f"Slice {n} of {len(slices)} ({quantity}) and later not placed: {exc.message}"
                 return replace(result, reject_reason="; ".join(filter(None, [result.reject_reason, note])),
                                raw={**result.raw, "unplaced_qty": sum(slices[n - 1:])})
-        return self._confirm(order_ids)
+        result = self._confirm(order_ids)
+        if qty < request.qty:  # the rest was closed outside TradeFlow: the engine books it (not_held_qty)
+            result = replace(result, raw={**result.raw, "not_held_qty": str(request.qty - qty)})
+        return result
+
+    def _closable(self, params: dict, qty: int) -> int:
+        """What a closing order may take off. Kite has no reduce-only flag: a close sent after the position was
+        closed in the Kite app would open a new one (buying back a short that is gone is a new long; selling a
+        hedge that is gone is a naked short). So a close takes at most what Kite holds on the other side."""
+        where = (params["exchange"], params["tradingsymbol"], params["product"])
+        held = sum(int(_dec(p.get("quantity"))) for p in self._call(self.client.positions).get("net", [])
+                   if (p.get("exchange"), p.get("tradingsymbol"), p.get("product")) == where)
+        closable = -held if params["transaction_type"] == "BUY" else held
+        if closable <= 0:
+            raise BrokerRejected(f"Kite holds no {params['tradingsymbol']} ({params['product']}) position to close: "
+                                 "it was closed outside TradeFlow. Nothing was sent", code="not_held")
+        return min(qty, closable)
 
     def _place_one(self, params: dict, *, placed: list[str], sliced: bool) -> str:
         retries = int(_setting("KITE_RATE_RETRIES", 2))

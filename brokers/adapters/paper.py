@@ -79,9 +79,8 @@ class PaperAdapter(BrokerAdapter):
         )
 
     def place_order(self, request: OrderRequest) -> OrderResult:
-        existing = PaperOrder.objects.filter(account=self.account, client_order_id=request.client_order_id).first()
-        if existing:
-            return self._result(existing)
+        # A client id seen before answers with its first fill: the unique key finds it (no SELECT up front; the
+        # engine looks an order up before it ever places one again).
         market = self._market_price(request)
         price = market
         if request.order_type == "limit":
@@ -100,8 +99,9 @@ class PaperAdapter(BrokerAdapter):
                     account=self.account, client_order_id=request.client_order_id, symbol=request.symbol,
                     side=request.side, qty=request.qty, price=price,
                 )
-        except IntegrityError:  # the same client id placed concurrently: the first one wins
+        except IntegrityError:  # the same client id placed before or concurrently: the first one wins
             order = PaperOrder.objects.get(account=self.account, client_order_id=request.client_order_id)
+            return self._result(order)
         quote_set(broker=self.broker, symbol=request.symbol, price=price)
         return self._result(order)
 

@@ -63,7 +63,8 @@ def api_key_regenerate(*, account: BrokerAccount, actor=None) -> NewKey:
 
 # The encrypted credentials are left out (deferred: they load on access). Decrypting three Fernet tokens on
 # every webhook is CPU for nothing: no part of accepting an alert needs them.
-_KEY_LOOKUP_DEFERRED = ("api_key", "api_secret", "access_token")
+CREDENTIALS = ("api_key", "api_secret", "access_token")
+_KEY_LOOKUP_DEFERRED = CREDENTIALS
 
 
 @functools.cache

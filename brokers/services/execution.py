@@ -39,8 +39,9 @@ from brokers.adapters.base import (
     OrderResult,
 )
 from brokers.calc import round_to_tick, sl_tp_prices
-from brokers.models import BrokerAccount, Execution, Order, Position
+from brokers.models import BrokerAccount, Execution, Order, Position, Quote
 from brokers.services.breakeven import position_breakeven_record
+from brokers.services.closed_outside import book_closed_outside
 from brokers.services.outcomes import execution_record_slippage, execution_save_outcome
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import position_apply_fill
@@ -179,17 +180,52 @@ def execution_run(*, execution_id: int) -> Execution:
         return _finish(execution, Execution.Status.REJECTED, code=exc.code, reason=exc.message)
     except BrokerError as exc:  # a question the plan asked the broker (exchange filters, a last price)
         return _broker_failure(execution, exc, f"Could not prepare the order: {exc.message}")
+    if (value := _unpriced_entry_value(execution, legs)) is not None:
+        from risk.services import planned_value_decide
+
+        decision = planned_value_decide(execution=execution, value=value)
+        if not decision.allowed:
+            return _finish(execution, Execution.Status.REJECTED, code=decision.code, reason=decision.message)
     return _place_legs(execution, adapter, legs)
+
+
+def _unpriced_entry_value(execution: Execution, legs: list[LegPlan]) -> Decimal | None:
+    """The planned main order's value, for an entry signal whose alert carried no qty × price (the risk check of
+    the alert could not see it), on its first run; None when there is nothing to check."""
+    from risk.rules import intent_value, is_exit
+
+    config = getattr(execution, "risk_config", None)  # set by the risk admission of this run's entry
+    if (config is None or not config.enabled or config.max_position_value is None or execution.attempts != 1
+            or is_exit(execution.intent) or intent_value(execution.intent) is not None):
+        return None
+    main = next((leg for leg in legs if leg.leg == "main"), None)
+    if main is None:
+        return None
+    # The price the order is sized at, else the last known quote (a market order of an alert without a price).
+    price = main.price or main.reference_price or Quote.objects.filter(
+        broker=execution.account.broker, symbol=main.symbol).values_list("price", flat=True).first()
+    return main.qty * price if price else None
 
 
 def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan]) -> Execution:
     done: list[str] = []
     resting = False
     warning = ""
+    outside: list[str] = []  # closes the broker had nothing left for (closed in its own app)
     for n, leg in enumerate(legs):
         order = _reserve(execution, leg)
         try:
-            result = _submit(adapter, order, leg)
+            try:
+                result = _submit(adapter, order, leg)
+            except BrokerRejected as exc:
+                if exc.code != "not_held" or not leg.reduce_only:
+                    raise
+                outside.append(book_closed_outside(execution, leg, leg.qty, exc.message))
+                done.append(leg.leg)
+                continue
+            if leg.reduce_only and (result.raw or {}).get("not_held_qty"):
+                outside.append(book_closed_outside(execution, leg, Decimal(result.raw["not_held_qty"]),
+                                                   f"{leg.symbol}: the broker held less than TradeFlow's books"))
             gate = ""
             if leg.leg == "hedge" and result.status == "open":
                 result, gate = _cancel_unfilled_hedge(adapter, order, leg)
@@ -219,6 +255,8 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
         resting = resting or result.status == "open"
     # A limit order resting at the broker is accepted but not filled: say so rather than "filled".
     status = Execution.Status.PLACED if resting else Execution.Status.FILLED
+    if outside:
+        return _finish(execution, status, code="closed_outside", reason="; ".join(outside))
     return _finish(execution, status, code="unprotected" if warning else "", reason=warning)
 
 
@@ -340,14 +378,21 @@ def _record_latency(execution: Execution) -> None:
 
 
 def _reserve(execution: Execution, leg: LegPlan) -> Order:
-    """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides)."""
+    """Insert the leg's order row, or find the one an earlier attempt reserved (the unique key decides).
+
+    A new row is inserted already ``sending`` (it is sent next): the durable mark that the broker may have it,
+    without a second round trip. ``fresh`` tells ``_submit`` that this attempt made it, so nothing can have been
+    sent yet and there is nothing to look up."""
     try:
         with savepoint_if_nested():  # in autocommit the INSERT alone is atomic: no BEGIN/COMMIT round trips
-            return Order.objects.create(
+            order = Order.objects.create(
                 execution=execution, leg=leg.leg, account=execution.account,
                 client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,
-                order_type=leg.order_type, qty=leg.qty, price=leg.price,
+                order_type=leg.order_type, qty=leg.qty, price=leg.price, status=Order.Status.SENDING,
+                sent_at=timezone.now(),
             )
+            order.fresh = True
+            return order
     except IntegrityError:
         return Order.objects.get(execution=execution, leg=leg.leg)
 
@@ -359,6 +404,8 @@ def _request(order: Order, leg: LegPlan) -> OrderRequest:
 
 
 def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
+    if getattr(order, "fresh", False):
+        return _send(adapter, order, leg)
     if order.status in (Order.Status.FILLED, Order.Status.OPEN, Order.Status.CANCELLED):
         return OrderResult(broker_order_id=order.broker_order_id, status=order.status,
                            filled_qty=order.filled_qty, avg_price=order.avg_price, reject_reason=order.reject_reason)
@@ -369,6 +416,11 @@ def _submit(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
         if found is not None:
             return _found(adapter, order, leg, found)
     Order.objects.filter(pk=order.pk).update(status=Order.Status.SENDING, sent_at=timezone.now())
+    return _send(adapter, order, leg)
+
+
+def _send(adapter: BrokerAdapter, order: Order, leg: LegPlan) -> OrderResult:
+    """Place an order whose row is marked ``sending``; an ambiguous answer is settled by a lookup."""
     try:
         result = adapter.place_order(_request(order, leg))
     except BrokerAmbiguous as exc:

@@ -152,6 +152,7 @@ class Account:
     positions: dict[str, list[Decimal]] = field(default_factory=dict)  # symbol -> [amt, entry]
     leverage: dict[str, int] = field(default_factory=dict)
     margin_type: dict[str, str] = field(default_factory=dict)
+    dual_side: bool = False  # Hedge Mode (positionSide LONG/SHORT) instead of One-way (BOTH)
     orders: dict[str, list[dict]] = field(default_factory=lambda: {"spot": [], "futures": []})
     algo: list[dict] = field(default_factory=list)
     order_lists: list[dict] = field(default_factory=list)
@@ -211,6 +212,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/fapi/v2/ticker/price"): Route("futures", 2, False, "futures_ticker"),
     ("POST", "/fapi/v1/leverage"): Route("futures", 1, True, "futures_leverage"),
     ("POST", "/fapi/v1/marginType"): Route("futures", 1, True, "futures_margin_type"),
+    ("GET", "/fapi/v1/positionSide/dual"): Route("futures", 30, True, "futures_position_mode"),
     ("POST", "/fapi/v1/order"): Route("futures", 0, True, "futures_order_new", order=True),
     ("GET", "/fapi/v1/order"): Route("futures", 1, True, "futures_order_get"),
     ("DELETE", "/fapi/v1/order"): Route("futures", 1, True, "futures_order_cancel"),
@@ -819,6 +821,9 @@ class BinanceServer:
         account.margin_type[spec.symbol] = wanted
         return {"code": 200, "msg": "success"}
 
+    def h_futures_position_mode(self, account, params):
+        return {"dualSidePosition": account.dual_side}
+
     def _used_margin(self, account: Account) -> Decimal:
         return sum((abs(a) * e / account.leverage.get(s, 20) for s, (a, e) in account.positions.items()), ZERO)
 
@@ -834,6 +839,8 @@ class BinanceServer:
             raise ApiError(400, -1117, "Invalid side.")
         if params.get("closePosition"):
             raise ApiError(400, -1106, "Parameter 'closePosition' sent when not required.")
+        if account.dual_side and params.get("positionSide", "BOTH") == "BOTH":
+            raise ApiError(400, -4061, "Order's position side does not match user's setting.")
         client_id = self._client_id(params, "newClientOrderId") or f"web_{secrets.token_hex(8)}"
         if any(o["clientOrderId"] == client_id and o["status"] in ("NEW", "PARTIALLY_FILLED")
                for o in account.orders["futures"]):
