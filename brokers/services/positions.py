@@ -12,8 +12,11 @@ from brokers.models import BrokerAccount, Position
 
 
 def _locked_open_position(account: BrokerAccount, symbol: str) -> Position | None:
-    return Position.objects.select_for_update().filter(account=account, symbol=symbol,
-                                                       status=Position.Status.OPEN).first()
+    position = Position.objects.select_for_update().filter(account=account, symbol=symbol,
+                                                           status=Position.Status.OPEN).first()
+    if position is not None:
+        position.account = account  # the live event reads its label: no second load (and decryption) of it
+    return position
 
 
 @transaction.atomic(savepoint=False)  # callers that hold a transaction roll it all back on an error anyway
