@@ -211,11 +211,14 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
         PY, str(Path(__file__).resolve()), "--feed-only", "--rounds", str(args.rounds), "--interval",
         str(args.interval), "--redis-db", str(args.redis_db), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
     rounds: list[tuple[float, float, float]] = []  # (change, feed start, feed end)
+    to_publish: list[float] = []  # feed start → the tick handed to the channel layer
     async for line in feed.stdout:
         if line.startswith(b"ROUND "):
             r = json.loads(line[6:])
             assert r["changed"] == len(keys), f"round {r}: expected {len(keys)} positions repriced"
             rounds.append((r["changed_at"], r["start"], r["end"]))
+            if r.get("published"):
+                to_publish.append((r["published"] - r["start"]) * 1000)
     await feed.wait()
     if feed.returncode:
         raise RuntimeError(f"the feed process failed ({feed.returncode})")
@@ -243,7 +246,7 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
             "connect_seconds": round(connect_s, 2), "rounds": len(rounds), "events_expected": expected,
             "events_received": len(from_ts), "events_missing": expected - len(from_ts),
             "latency_from_change_ms": summary(from_change), "latency_from_event_ts_ms": summary(from_ts),
-            "feed_run_ms": summary(feed_ms)}
+            "feed_run_ms": summary(feed_ms), "feed_to_published_ms": summary(to_publish)}
 
 
 def feed_only(args) -> int:
@@ -251,14 +254,23 @@ def feed_only(args) -> int:
     import django
 
     django.setup()
-    from brokers.services.prices import prices_mark
+    from brokers.services import prices
 
+    published: list[float] = []  # when the feed had handed the tick to the channel layer
+    publish = prices.publish_prices
+
+    def timed_publish(*a, **kw):
+        publish(*a, **kw)
+        published.append(time.time())
+
+    prices.publish_prices = timed_publish
     for r in range(args.rounds):
         time.sleep(args.interval)
         changed_at = move_quotes(r)
         start = time.time()
-        changed = len(prices_mark().changed)
+        changed = len(prices.prices_mark().changed)
         print("ROUND " + json.dumps({"changed_at": changed_at, "start": start, "end": time.time(),
+                                     "published": published[-1] if published else None,
                                      "changed": changed}), flush=True)
     return 0
 
@@ -337,7 +349,8 @@ def main() -> int:
               f"max {fmt(lc.get('max'), ' ms')}   (target p99 <= 100 ms)")
         print(f"feed read (event ts) -> client: p50 {fmt(lt.get('p50'), ' ms')}  p99 {fmt(lt.get('p99'), ' ms')}")
         print(f"feed run (read the marks, publish, store them): p50 {fmt(feed.get('p50'), ' ms')}"
-              f"  max {fmt(feed.get('max'), ' ms')}")
+              f"  max {fmt(feed.get('max'), ' ms')}; read + publish p50 "
+              f"{fmt(result['feed_to_published_ms'].get('p50'), ' ms')}")
         print(f"results: {out.relative_to(ROOT)}")
         return 0 if lc.get("p99") is not None and lc["p99"] <= 100 and not result["events_missing"] else 1
     except (Deadline, KeyboardInterrupt) as exc:

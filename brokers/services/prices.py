@@ -28,9 +28,9 @@ from django.utils import timezone
 
 from brokers.adapters import get_adapter
 from brokers.adapters.base import BrokerError
+from brokers.adapters.paper import PaperAdapter
 from brokers.live import num, publish_prices, use_loop
 from brokers.models import Broker, BrokerAccount, Position, Quote
-from brokers.services.accounts import CREDENTIALS
 
 log = logging.getLogger(__name__)
 SIMULATED_STEP = Decimal("0.002")  # ±0.2 % per tick at most
@@ -44,71 +44,95 @@ class MarkResult:
     skipped: list[str] = field(default_factory=list)  # accounts without prices this round, and why
 
 
+# What a tick needs of each open position, read as plain values: building 500 Position and BrokerAccount objects
+# (and decrypting their accounts' credentials) took most of a tick's time before anything reached a screen.
+MARK_FIELDS = ("id", "account_id", "account__owner_id", "account__broker", "account__mode", "symbol", "side", "qty",
+               "avg_price", "last_price", "realized_pnl")
+
+
+@dataclass
+class Mark:
+    id: int
+    account_id: int
+    owner_id: int
+    broker: str
+    mode: str
+    symbol: str
+    side: str
+    qty: Decimal
+    avg_price: Decimal
+    last_price: Decimal | None
+    realized_pnl: Decimal
+
+    @property
+    def is_paper(self) -> bool:
+        return self.broker == Broker.PAPER or self.mode == BrokerAccount.Mode.PAPER
+
+
 def marked_positions():
     """Open positions on accounts that are switched on and logged in. Live accounts only while live trading is
     on, like the stop watcher: otherwise a Kite account without a session would be asked every tick."""
-    # The credentials stay deferred: decrypting three Fernet tokens per row cost more than the rest of a tick
-    # (500 positions: 1,500 decryptions). A live account's adapter loads its own when it calls the broker.
     qs = (Position.objects.filter(status=Position.Status.OPEN, account__enabled=True)
-          .exclude(account__status=BrokerAccount.Status.LOGIN_NEEDED)
-          .select_related("account").defer(*(f"account__{name}" for name in CREDENTIALS))
-          .order_by("account_id", "id"))
-    if settings.LIVE_TRADING_ENABLED:
-        return qs
-    return qs.filter(Q(account__broker=Broker.PAPER) | Q(account__mode=BrokerAccount.Mode.PAPER))
+          .exclude(account__status=BrokerAccount.Status.LOGIN_NEEDED).order_by("account_id", "id"))
+    if not settings.LIVE_TRADING_ENABLED:
+        qs = qs.filter(Q(account__broker=Broker.PAPER) | Q(account__mode=BrokerAccount.Mode.PAPER))
+    return [Mark(*row) for row in qs.values_list(*MARK_FIELDS)]
 
 
-def price_row(position: Position) -> dict:
-    return {"id": position.pk, "last_price": num(position.last_price), "unrealized_pnl": num(position.unrealized_pnl),
-            "realized_pnl": num(position.realized_pnl)}
+def price_row(mark: Mark) -> dict:
+    sign = 1 if mark.side == Position.Side.LONG else -1
+    unrealized = (mark.last_price - mark.avg_price) * mark.qty * sign
+    return {"id": mark.id, "last_price": num(mark.last_price), "unrealized_pnl": num(unrealized),
+            "realized_pnl": num(mark.realized_pnl)}
 
 
 def prices_mark() -> MarkResult:
-    """One round: read, store and publish the marks of every open position."""
+    """One round: read, publish and store the marks of every open position."""
     result = MarkResult()
     ts = time.time()
     # One price read per source: every paper account reads the same paper quotes, so they share one call;
     # a live account asks its own broker session.
-    by_source: dict[object, list[Position]] = defaultdict(list)
-    for position in marked_positions():
-        by_source[PAPER if position.account.is_paper else position.account_id].append(position)
-    changed: list[Position] = []
-    for rows in by_source.values():
-        account = rows[0].account
+    by_source: dict[object, list[Mark]] = defaultdict(list)
+    for mark in marked_positions():
+        by_source[PAPER if mark.is_paper else mark.account_id].append(mark)
+    live = BrokerAccount.objects.in_bulk([k for k in by_source if k != PAPER])
+    changed: list[Mark] = []
+    for source, rows in by_source.items():
         result.checked += len(rows)
         try:
-            prices = get_adapter(account).last_prices(sorted({p.symbol for p in rows}))
+            adapter = get_adapter(live[source]) if source != PAPER else PaperAdapter(None)
+            prices = adapter.last_prices(sorted({m.symbol for m in rows}))
         except BrokerError as exc:  # a blip, a rate limit, a lost session (the stop watcher flags those)
-            result.skipped.append(f"{account.pk}: {exc.message}")
+            result.skipped.append(f"{rows[0].account_id}: {exc.message}")
             continue
         except Exception:  # noqa: BLE001 - one account's failure must not freeze every other dashboard
-            log.exception("price feed: account %s failed", account.pk)
-            result.skipped.append(f"{account.pk}: internal error")
+            log.exception("price feed: account %s failed", rows[0].account_id)
+            result.skipped.append(f"{rows[0].account_id}: internal error")
             continue
-        for position in rows:
-            price = prices.get(position.symbol)
-            if price is not None and price != position.last_price:
-                position.last_price = price
-                changed.append(position)
+        for mark in rows:
+            price = prices.get(mark.symbol)
+            if price is not None and price != mark.last_price:
+                mark.last_price = price
+                changed.append(mark)
     if not changed:
         return result
     rows_by_user: dict[int, list[dict]] = defaultdict(list)
-    for position in changed:
-        rows_by_user[position.account.owner_id].append(price_row(position))
-        result.changed.append(position.pk)
-    # Screens first: the marks are display figures, and the UPDATE of hundreds of rows would only delay them.
+    for mark in changed:
+        rows_by_user[mark.owner_id].append(price_row(mark))
+        result.changed.append(mark.id)
+    # Screens first: the marks are display figures, and storing hundreds of rows would only delay them.
     publish_prices(dict(rows_by_user), ts=ts)
     marks_store(changed)
     return result
 
 
-def marks_store(positions: list[Position]) -> None:
+def marks_store(marks: list[Mark]) -> None:
     """One UPDATE per distinct price (about one per symbol) in one transaction. ``bulk_update``'s CASE over every
     id took longer to build than the tick's reads and publishing together. A position closed meanwhile may get a
     last mark: its realized P&L is already booked."""
     by_price: dict[Decimal, list[int]] = defaultdict(list)
-    for position in positions:
-        by_price[position.last_price].append(position.pk)
+    for mark in marks:
+        by_price[mark.last_price].append(mark.id)
     with transaction.atomic():
         for price, ids in by_price.items():
             Position.objects.filter(pk__in=ids).update(last_price=price)
