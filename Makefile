@@ -22,7 +22,7 @@ $(VENV)/.dev: requirements/base.txt requirements/dev.txt | $(BIN)/python
 run: $(VENV)/.base
 	$(BIN)/python manage.py migrate --noinput -v0
 	PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/python manage.py seed_demo
-	PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/uvicorn tradeflow.asgi:application --host $(HOST) --port $(PORT) --no-access-log
+	PUBLIC_URL=http://$(HOST):$(PORT) $(BIN)/uvicorn tradeflow.asgi:application --host $(HOST) --port $(PORT) --no-access-log --ws-per-message-deflate false
 
 test: $(VENV)/.dev
 	./scripts/test.sh $(ARGS)
