@@ -285,7 +285,7 @@ def feed_only(args) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=60, help="price changes (p99 of 20 is one slow tick)")
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between price changes")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--redis-db", type=int, default=11)
