@@ -15,6 +15,7 @@ urlpatterns = [
     path("brokers/<int:pk>/regenerate-key/", views.account_regenerate_key, name="broker-account-regenerate"),
     path("brokers/<int:pk>/toggle/", views.account_toggle, name="broker-account-toggle"),
     path("brokers/<int:pk>/webhook-copied/", views.webhook_copied, name="broker-account-webhook-copied"),
+    path("brokers/<int:pk>/test-alert/", views.account_test_alert, name="broker-account-test-alert"),
     path("positions/", views.position_list, name="positions"),
     path("positions/<int:pk>/close/", views.position_close_view, name="position-close"),
     path("orders/", views.order_list, name="orders"),

@@ -103,6 +103,24 @@ def test_alert_body(account: BrokerAccount) -> str:
 
 @login_required
 @require_POST
+def account_test_alert(request, pk: int):
+    """The "send test alert" button without the key: the sample goes in as if TradingView had sent it."""
+    from webhooks.services import test_alert_send
+
+    account = _owned(selectors.account_get, user=request.user, pk=pk)
+    if not account.is_paper:
+        messages.error(request, "Test alerts go to paper accounts only: on a live account a sample is a real order.")
+        return redirect("broker-account", pk=account.pk)
+    reply = test_alert_send(account=account, body=test_alert_body(account), source_ip=request.META.get("REMOTE_ADDR"))
+    if reply.status == 202:
+        messages.success(request, "Test alert sent: it is in the webhook log and, once filled, on the dashboard.")
+    else:
+        messages.error(request, f"The test alert was refused: {reply.body['error']['message']}")
+    return redirect("broker-account", pk=account.pk)
+
+
+@login_required
+@require_POST
 def webhook_copied(request, pk: int):
     """The copy button was used: ticks the dashboard checklist's "copy webhook" step."""
     account = _owned(selectors.account_get, user=request.user, pk=pk)

@@ -274,3 +274,34 @@ def test_subscribe_page_groups_every_field_into_overrides_and_limits(owner_clien
     for name in ("max_daily_loss", "max_concurrent_positions"):
         assert f'name="{name}"' in limits, name
     assert page.count('name="account"') == 1
+
+
+def test_send_test_alert_from_tradeflow_goes_through_the_webhook_path_without_the_key(
+        owner_client, paper, django_capture_on_commit_callbacks):
+    from webhooks.models import Signal
+
+    account, _ = paper
+    with django_capture_on_commit_callbacks(execute=True):
+        response = owner_client.post(f"/brokers/{account.pk}/test-alert/", follow=True)
+    assert "Test alert sent" in response.content.decode()
+    signal = Signal.objects.get(account=account)
+    assert signal.intent["symbol"] == "NIFTYBEES" and signal.client_id.startswith("test-")
+    log = WebhookLog.objects.get(signal=signal)
+    assert (log.status, log.account) == (202, account) and "test alert from the account page" in log.path
+    assert Execution.objects.get(signal=signal).status == Execution.Status.FILLED
+    with django_capture_on_commit_callbacks(execute=True):
+        owner_client.post(f"/brokers/{account.pk}/test-alert/")
+    assert Signal.objects.filter(account=account).count() == 2  # a new id each time: not a duplicate
+
+
+def test_send_test_alert_refuses_another_customers_account_and_live_accounts(client, other, paper, owner):
+    from webhooks.models import Signal
+
+    account, _ = paper
+    client.force_login(other)
+    assert client.post(f"/brokers/{account.pk}/test-alert/").status_code == 404
+    live = kite_account(owner=owner)
+    client.force_login(owner)
+    page = client.post(f"/brokers/{live.pk}/test-alert/", follow=True).content.decode()
+    assert "paper accounts only" in page
+    assert not Signal.objects.exists() and not WebhookLog.objects.exists()

@@ -208,12 +208,27 @@ def invalid_fields(exc: PayloadError, data) -> WebhookError:
 
 def webhook_receive(inbound: Inbound) -> Reply:
     """Handle one account webhook request end to end (the view only translates HTTP)."""
+    return _receive(inbound, lambda data: _authenticate(inbound, data))
+
+
+def test_alert_send(*, account: BrokerAccount, body: str, source_ip: str | None) -> Reply:
+    """The account page's "send test alert" for a signed-in owner who no longer has the key (it is shown once):
+    the sample goes through the same validation, de-duplication, storage, log row and execution as an alert
+    from TradingView; only the key check is replaced by the page's own login. Paper accounts only (the caller
+    checks): on a live account a sample would be a real order."""
+    data = body.encode()
+    inbound = Inbound(request=None, method="POST", path="/api/v1/webhooks (test alert from the account page)",
+                      body=data, declared_length=len(data), source_ip=source_ip)
+    return _receive(inbound, lambda _data: account)
+
+
+def _receive(inbound: Inbound, target: Callable[[object], BrokerAccount]) -> Reply:
     account, data, payload_text = None, None, ""
     try:
         check_request(inbound)
         data = parse_json(inbound.body)
         payload_text = stored_payload(data)
-        account = _authenticate(inbound, data)
+        account = target(data)
         if not account.enabled:
             raise WebhookError(403, "account_disabled",
                                f"Account {account.label} is disabled: enable it in TradeFlow to accept alerts")
