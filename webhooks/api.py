@@ -7,26 +7,13 @@ answer TradingView in milliseconds and authenticate with the account's webhook k
 from __future__ import annotations
 
 import django_filters
-from django.db.models import Exists, OuterRef, Q, QuerySet
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import generics, serializers
 
 from brokers.api import ExecutionSerializer
-from brokers.models import Execution
 from tradeflow.api_common import UtcDateTimeFilter, owned
 from webhooks.models import Signal, WebhookLog
-from webhooks.selectors import webhook_log_list
-
-
-def signal_list(*, user) -> QuerySet[Signal]:
-    """Signals that reached the user: sent to one of their accounts, or a bot's alert executed on one of them.
-    (A selector beside its only caller; ``webhooks/selectors.py`` belongs to the webhook path.)"""
-    mine = Execution.objects.filter(signal=OuterRef("pk"), account__owner=user)
-    return Signal.objects.filter(Q(account__owner=user) | Q(Exists(mine))).select_related("bot")
-
-
-def signal_get(*, user, pk) -> Signal:
-    return signal_list(user=user).get(pk=pk)
+from webhooks.selectors import signal_get, signal_list, webhook_log_list
 
 
 class SignalSerializer(serializers.ModelSerializer):
