@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import json
 import os
@@ -48,6 +49,8 @@ from webhook_bench import (  # noqa: E402
     VENV_BIN,
     Deadline,
     Procs,
+    _children,
+    _proc_cpu,
     fmt,
     free_port,
     http_get,
@@ -129,39 +132,97 @@ def move_quotes(round_no: int) -> float:
     from django.utils import timezone
 
     from brokers.models import Quote
+    from brokers.services.prices import display_write
 
     changed_at = time.time()
-    Quote.objects.filter(broker="paper", symbol__in=SYMBOLS).update(
-        price=Decimal("100") + Decimal(round_no % 50 + 1) / 10, updated_at=timezone.now())
+    # The market moving (an exchange's tick, in production not a write of ours at all): written like the demo
+    # feed's quotes, without waiting for the disk flush, whose stalls (p99 ~300 ms here) are not on the path.
+    with display_write():
+        Quote.objects.filter(broker="paper", symbol__in=SYMBOLS).update(
+            price=Decimal("100") + Decimal(round_no % 50 + 1) / 10, updated_at=timezone.now())
     return changed_at
 
 
-class Client:
+class Client(asyncio.Protocol):
+    """One dashboard's socket, read the way a browser does it: frames parsed as they arrive, nothing else.
+
+    A minimal RFC 6455 client (handshake, unfragmented server frames, pong to the server's pings) rather than
+    the ``websockets`` library: the 500 "browsers" share the server's two cores here, and the library's
+    per-message machinery (assembler, queues, futures) cost the clients more CPU per tick than the server
+    spent writing the same messages, which is a cost no real browser puts on the server's machine."""
+
     def __init__(self, key: str):
         self.key = key
         self.arrivals: list[tuple[float, float]] = []  # (arrival, event ts)
         self.snapshot = asyncio.Event()
         self.errors = 0
+        self.buffer = b""
+        self.handshaken = False
+        self.transport = None
+        self.closed: asyncio.Future | None = None
 
     async def run(self, port: int, stop: asyncio.Event) -> None:
-        from websockets.asyncio.client import connect
-
+        loop = asyncio.get_running_loop()
+        self.closed = loop.create_future()
         try:
-            async with connect(f"ws://{HOST}:{port}/ws/live/", origin=f"http://{HOST}:{port}",
-                               additional_headers={"Cookie": f"sessionid={self.key}"}, ping_interval=None,
-                               open_timeout=20) as ws:
-                async for raw in ws:
-                    now = time.time()
-                    event = json.loads(raw)
-                    if event["kind"] == "snapshot":
-                        self.snapshot.set()
-                    elif event["kind"] == "prices":
-                        self.arrivals.append((now, event["ts"]))
-                    if stop.is_set():
-                        return
+            await asyncio.wait_for(loop.create_connection(lambda: self, HOST, port), timeout=20)
+            key = base64.b64encode(os.urandom(16)).decode()
+            self.transport.write((f"GET /ws/live/ HTTP/1.1\r\nHost: {HOST}:{port}\r\nUpgrade: websocket\r\n"
+                                  f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+                                  f"Origin: http://{HOST}:{port}\r\nCookie: sessionid={self.key}\r\n\r\n").encode())
+            await asyncio.shield(self.closed)
+            if not stop.is_set():
+                raise ConnectionError("closed by the server")
+        except asyncio.CancelledError:
+            if self.transport is not None:
+                self.transport.close()
         except Exception:  # noqa: BLE001 - counted and reported; the run goes on with the others
             self.errors += 1
             self.snapshot.set()
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buffer + data
+        if not self.handshaken:
+            head, sep, rest = buf.partition(b"\r\n\r\n")
+            if not sep:
+                self.buffer = buf
+                return
+            if not head.startswith(b"HTTP/1.1 101"):
+                self.transport.close()
+                return
+            self.handshaken, buf = True, rest
+        while len(buf) >= 2:
+            opcode, length, at = buf[0] & 0x0F, buf[1] & 0x7F, 2
+            if length == 126:
+                if len(buf) < 4:
+                    break
+                length, at = int.from_bytes(buf[2:4], "big"), 4
+            elif length == 127:
+                if len(buf) < 10:
+                    break
+                length, at = int.from_bytes(buf[2:10], "big"), 10
+            if len(buf) < at + length:
+                break
+            payload, buf = buf[at:at + length], buf[at + length:]
+            if opcode == 1:
+                event = json.loads(payload)
+                if event["kind"] == "snapshot":
+                    self.snapshot.set()
+                elif event["kind"] == "prices":
+                    self.arrivals.append((now, event["ts"]))
+            elif opcode == 9:  # ping: a pong, masked with a zero key as a client must mask
+                self.transport.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
+            elif opcode == 8:
+                self.transport.close()
+        self.buffer = buf
 
 
 async def clients_only(args) -> int:
@@ -176,19 +237,21 @@ async def clients_only(args) -> int:
         await asyncio.sleep(0.05)
     await asyncio.wait_for(asyncio.gather(*(c.snapshot.wait() for c in clients)), timeout=60)
     print("READY", flush=True)
+    cpu_ready = time.process_time()
     reader = asyncio.StreamReader()
     await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     await reader.readline()  # STOP
+    cpu_used = time.process_time() - cpu_ready
     stop.set()
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    print("RESULT " + json.dumps({"errors": sum(c.errors for c in clients),
+    print("RESULT " + json.dumps({"cpu_s": cpu_used, "errors": sum(c.errors for c in clients),
                                   "arrivals": [a for c in clients if not c.errors for a in c.arrivals]}), flush=True)
     return 0
 
 
-async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: Path) -> dict:
+async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: Path, server_pid: int) -> dict:
     """The clients run in ``--client-procs`` processes: 500 browsers are 500 machines, and one Python process
     reading 500 sockets in turn would add its own queue to the figure (reported: how many processes)."""
     t0 = time.monotonic()
@@ -210,6 +273,9 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
     feed = await asyncio.create_subprocess_exec(
         PY, str(Path(__file__).resolve()), "--feed-only", "--rounds", str(args.rounds), "--interval",
         str(args.interval), "--redis-db", str(args.redis_db), env=env, cwd=ROOT, stdout=asyncio.subprocess.PIPE)
+    server_pids = lambda: [server_pid, *_children(server_pid)]  # noqa: E731
+    server_before = {pid: _proc_cpu(pid, reaped=False) for pid in server_pids()}
+    feed_cpu = None
     rounds: list[tuple[float, float, float]] = []  # (change, feed start, feed end)
     to_publish: list[float] = []  # feed start → the tick handed to the channel layer
     async for line in feed.stdout:
@@ -219,11 +285,14 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
             rounds.append((r["changed_at"], r["start"], r["end"]))
             if r.get("published"):
                 to_publish.append((r["published"] - r["start"]) * 1000)
+        elif line.startswith(b"FEEDCPU "):
+            feed_cpu = json.loads(line[8:])["cpu_s"]
+    server_cpu = sum(_proc_cpu(pid, reaped=False) - server_before.get(pid, 0.0) for pid in server_pids())
     await feed.wait()
     if feed.returncode:
         raise RuntimeError(f"the feed process failed ({feed.returncode})")
     await asyncio.sleep(3)  # stragglers
-    arrivals, errors = [], 0
+    arrivals, errors, clients_cpu = [], 0, 0.0
     for proc in clients:
         proc.stdin.write(b"STOP\n")
         await proc.stdin.drain()
@@ -231,6 +300,7 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
             if line.startswith(b"RESULT "):
                 got = json.loads(line[7:])
                 arrivals += got["arrivals"]
+                clients_cpu += got["cpu_s"]
                 errors += got["errors"]
         await proc.wait()
     connected = len(keys) - errors
@@ -244,7 +314,26 @@ async def drive(args, env: dict[str, str], port: int, keys: list[str], run_dir: 
             from_change.append((arrival - change) * 1000)
         from_ts.append((arrival - ts) * 1000)
     feed_ms = [(end - start) * 1000 for _, start, end in rounds]
-    return {"clients": len(keys), "client_procs": len(clients), "connected": connected,
+    # Per round: where its time went (change → the feed read the quotes → the slowest client), so one slow round
+    # is told apart from a slow path.
+    per_round: dict[float, list[float]] = {}
+    for arrival, ts in arrivals:
+        per_round.setdefault(ts, []).append(arrival)
+    changes = sorted(rc for rc, _, _ in rounds)
+    round_rows = []
+    for ts, got in sorted(per_round.items()):
+        change = max((rc for rc in changes if rc <= ts), default=ts)
+        got.sort()
+        round_rows.append({"change_to_read_ms": round((ts - change) * 1000, 2),
+                           "read_to_first_ms": round((got[0] - ts) * 1000, 2),
+                           "read_to_p50_ms": round((got[len(got) // 2] - ts) * 1000, 2),
+                           "read_to_last_ms": round((got[-1] - ts) * 1000, 2)})
+    ticks = max(len(rounds), 1)
+    cpu = {"server_ms_per_tick": round(server_cpu * 1000 / ticks, 1),
+           "clients_ms_per_tick": round(clients_cpu * 1000 / ticks, 1),
+           "feed_ms_per_tick": None if feed_cpu is None else round(feed_cpu * 1000 / ticks, 1)}
+    return {"cpu": cpu, "per_round": round_rows,
+            "clients": len(keys), "client_procs": len(clients), "connected": connected,
             "connect_seconds": round(connect_s, 2), "rounds": len(rounds), "events_expected": expected,
             "events_received": len(from_ts), "events_missing": expected - len(from_ts),
             "latency_from_change_ms": summary(from_change), "latency_from_event_ts_ms": summary(from_ts),
@@ -257,7 +346,9 @@ def feed_only(args) -> int:
 
     django.setup()
     from brokers.services import prices
+    from tradeflow.celery import freeze_startup_objects
 
+    freeze_startup_objects()  # as the Celery worker that runs the feed task does at start
     published: list[float] = []  # when the feed had handed the tick to the channel layer
     publish = prices.publish_prices
 
@@ -271,6 +362,7 @@ def feed_only(args) -> int:
     move_quotes(args.rounds)
     prices.prices_mark()
     time.sleep(args.interval)
+    cpu_start = time.process_time()
     for r in range(args.rounds):
         time.sleep(args.interval)
         changed_at = move_quotes(r)
@@ -279,6 +371,7 @@ def feed_only(args) -> int:
         print("ROUND " + json.dumps({"changed_at": changed_at, "start": start, "end": time.time(),
                                      "published": published[-1] if published else None,
                                      "changed": changed}), flush=True)
+    print("FEEDCPU " + json.dumps({"cpu_s": time.process_time() - cpu_start}), flush=True)
     return 0
 
 
@@ -342,7 +435,7 @@ def main() -> int:
             time.sleep(0.1)
         else:
             raise RuntimeError("uvicorn did not answer /livez in 20 s")
-        result = asyncio.run(drive(args, env, port, keys, run_dir))
+        result = asyncio.run(drive(args, env, port, keys, run_dir, procs.pid("uvicorn")))
         result.update({"workers": args.workers, "interval_s": args.interval,
                        "when": datetime.now(UTC).isoformat(timespec="seconds"), "cpus": os.cpu_count()})
         RESULTS.mkdir(exist_ok=True)
@@ -359,6 +452,12 @@ def main() -> int:
         print(f"feed run (read the marks, publish, store them): p50 {fmt(feed.get('p50'), ' ms')}"
               f"  max {fmt(feed.get('max'), ' ms')}; read + publish p50 "
               f"{fmt(result['feed_to_published_ms'].get('p50'), ' ms')}")
+        print("CPU per tick, ms: server {server_ms_per_tick} (all uvicorn workers), feed {feed_ms_per_tick}, "
+              "clients {clients_ms_per_tick} (all client processes)".format(**result["cpu"]))
+        worst = sorted(result["per_round"], key=lambda r: -(r["change_to_read_ms"] + r["read_to_last_ms"]))[:3]
+        print("slowest rounds (change→read, read→first/p50/last client, ms): " + "; ".join(
+            f"{r['change_to_read_ms']:.0f}, {r['read_to_first_ms']:.0f}/{r['read_to_p50_ms']:.0f}/"
+            f"{r['read_to_last_ms']:.0f}" for r in worst))
         print(f"results: {out.relative_to(ROOT)}")
         return 0 if lc.get("p99") is not None and lc["p99"] <= 100 and not result["events_missing"] else 1
     except (Deadline, KeyboardInterrupt) as exc:

@@ -7,14 +7,16 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from django.conf import settings
 
-from brokers.live import ADMINS_GROUP, prices_group, user_group
+from brokers.hub import PriceHub
+from brokers.live import ADMINS_GROUP, user_group
 from brokers.selectors import position_snapshot
 
 
 class LiveConsumer(AsyncJsonWebsocketConsumer):
     """``ws/live/``: a snapshot of open positions on connect, then execution and price events.
 
-    A customer joins only their own group; staff also join the admins' group.
+    A customer joins only their own group; staff also join the admins' group. Price ticks come from this
+    process's ``PriceHub`` (one decode per process, not one per socket): a customer's own rows, the staff's all.
     """
 
     async def connect(self) -> None:
@@ -23,10 +25,12 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.close(code=4401)
             return
         self.user_key, self.sees_all = str(user.pk), user.is_staff
-        self.groups_joined = [user_group(user.pk), prices_group(user.pk)] + ([ADMINS_GROUP] if user.is_staff else [])
+        self.groups_joined = [user_group(user.pk)] + ([ADMINS_GROUP] if user.is_staff else [])
         for group in self.groups_joined:
             await self.channel_layer.group_add(group, self.channel_name)
+        self.price_hub = await PriceHub.for_layer(self.channel_layer)
         await self.accept()
+        self.price_hub.add(self, user_key=self.user_key, staff=self.sees_all)
         await self.send_snapshot()
         if settings.SIMULATED_FEED:  # the embedded demo: started by the first watcher, on this server's loop
             from brokers.services.prices import simulated_feed_start
@@ -50,31 +54,20 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.send_snapshot()
 
     async def disconnect(self, code: int) -> None:
+        if hub := getattr(self, "price_hub", None):
+            hub.discard(self, user_key=self.user_key)
         for group in getattr(self, "groups_joined", []):
             await self.channel_layer.group_discard(group, self.channel_name)
 
     async def dispatch(self, message: dict) -> None:
-        """Group events go straight to their handler. Channels first closes stale database connections before
-        every handler (a hop to a thread and back); these handlers touch no database, and with 500 sockets that
-        hop per socket per price tick was the largest part of the fan-out. The rest (connect, the client's own
-        messages, whose snapshot reads the database through ``database_sync_to_async``) keeps Channels' path."""
-        kind = message.get("type")
-        if kind == "live.event":
+        """Execution events go straight to their handler. Channels first closes stale database connections before
+        every handler (a hop to a thread and back); this handler touches no database. The rest (connect, the
+        client's own messages, whose snapshot reads the database through ``database_sync_to_async``) keeps
+        Channels' path."""
+        if message.get("type") == "live.event":
             await self.live_event(message)
-        elif kind == "live.prices":
-            await self.live_prices(message)
         else:
             await super().dispatch(message)
 
     async def live_event(self, message: dict) -> None:
         await self.send_json(message["event"])
-
-    async def live_prices(self, message: dict) -> None:
-        """A price tick: staff forward the admins' event (every row), a customer only their own (``publish_prices``
-        made each one JSON text already)."""
-        if message.get("admins"):
-            text = message["text"] if self.sees_all else None
-        else:
-            text = None if self.sees_all else message["by_user"].get(self.user_key)
-        if text:
-            await self.send(text_data=text)

@@ -135,3 +135,27 @@ def prices_feed_task() -> dict | None:
 
     result = _single_flight("prices-feed", 30, prices_mark)
     return None if result is None else {"checked": result.checked, "changed": len(result.changed)}
+
+
+@shared_task(ignore_result=True, time_limit=120, soft_time_limit=100)
+def positions_reconcile_task() -> dict | None:
+    """Book live positions closed outside TradeFlow (in the broker's app); beat: RECONCILE_SECONDS. Each account
+    is on its own: one broker's error is logged and the others are still reconciled. Books only, never orders."""
+    from brokers.services.reconcile import positions_reconcile, reconcile_accounts
+
+    def run() -> dict:
+        summary: dict = {"accounts": 0, "booked": 0, "foreign": 0, "skipped": []}
+        for account in reconcile_accounts():
+            summary["accounts"] += 1
+            try:
+                result = positions_reconcile(account)
+            except Exception:  # noqa: BLE001 - one account's failure must not stop the others' reconcile
+                log.exception("reconcile: account %s failed", account.pk)
+                summary["skipped"].append(f"{account.pk}: internal error")
+                continue
+            summary["booked"] += len(result.booked)
+            summary["foreign"] += len(result.foreign)
+            summary["skipped"] += [f"{account.pk}: {why}" for why in result.skipped]
+        return summary
+
+    return _single_flight("positions-reconcile", 120, run)

@@ -19,7 +19,7 @@ from django.utils import timezone
 from brokers.models import BrokerAccount, Execution, Instrument, Order, Position
 from brokers.services import account_create
 from brokers.tasks import instruments_sync_task
-from tests.protocol.kite_server import KiteServer
+from tests.protocol.kite_server import KiteServer, kite_market_at
 
 pytestmark = pytest.mark.slow
 D = Decimal
@@ -35,12 +35,7 @@ def market_day() -> date:
 
 @pytest.fixture
 def kite(settings, market_day):
-    with time_machine.travel(datetime.combine(market_day, datetime.min.time(), tzinfo=IST).replace(hour=10),
-                             tick=True), KiteServer(today=market_day) as server:
-        settings.KITE_API_ROOT = server.url
-        settings.KITE_FILL_WAIT = 1.0
-        settings.KITE_RATE_BACKOFF = 0.05
-        settings.LIVE_TRADING_ENABLED = True
+    with kite_market_at(settings, market_day) as server:
         yield server
 
 

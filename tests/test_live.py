@@ -285,6 +285,38 @@ def test_the_price_feed_pushes_new_pnl_to_the_owner_only(owner, other, admin_use
     run(scenario)
 
 
+def test_every_tab_of_a_customer_gets_the_tick_and_a_closed_tab_stops_nothing(owner, other):
+    """Ticks are written per server process to each of the user's sockets (``brokers.hub``)."""
+    mine, _ = factories.paper_account(owner=owner)
+    theirs, _ = factories.paper_account(owner=other)
+    position, _ = fill(mine, "NIFTYBEES", "buy", "10", "250")
+    fill(theirs, "BANKBEES", "buy", "1", "500")
+    cookie, other_cookie = session_cookie(owner), session_cookie(other)
+
+    def move(symbol, price):
+        quote_set(broker="paper", symbol=symbol, price=D(price))
+        return prices_mark()
+
+    async def scenario():
+        (tab1, _), (tab2, _), (b, _) = [await connected(c) for c in (cookie, cookie, other_cookie)]
+        await database_sync_to_async(move)("NIFTYBEES", "251")
+        for tab in (tab1, tab2):
+            event = await tab.receive_json_from(timeout=WAIT)
+            assert [(p["id"], D(p["unrealized_pnl"])) for p in event["positions"]] == [(position.pk, D("10"))]
+        assert await b.receive_nothing(timeout=QUIET)
+        await tab1.disconnect()
+        await database_sync_to_async(move)("NIFTYBEES", "252")
+        event = await tab2.receive_json_from(timeout=WAIT)
+        assert D(event["positions"][0]["unrealized_pnl"]) == D("20")
+        await database_sync_to_async(move)("BANKBEES", "510")  # the other customer's tick still reaches them only
+        assert D((await b.receive_json_from(timeout=WAIT))["positions"][0]["unrealized_pnl"]) == D("10")
+        assert await tab2.receive_nothing(timeout=QUIET)
+        for socket in (tab2, b):
+            await socket.disconnect()
+
+    run(scenario)
+
+
 def test_the_price_feed_reads_prices_once_per_round_for_all_paper_accounts(owner, other,
                                                                              django_assert_max_num_queries,
                                                                              monkeypatch):
@@ -299,7 +331,8 @@ def test_the_price_feed_reads_prices_once_per_round_for_all_paper_accounts(owner
     monkeypatch.setattr(PaperAdapter, "last_prices", lambda self, symbols: calls.append(symbols) or real(self, symbols))
     for symbol in ("NIFTYBEES", "BANKBEES", "GOLDBEES"):
         quote_set(broker="paper", symbol=symbol, price=D("101"))
-    with django_assert_max_num_queries(5):  # positions, one price read, one bulk UPDATE (+ BEGIN/COMMIT)
+    with django_assert_max_num_queries(6):  # positions, one price read, one bulk UPDATE (+ BEGIN/COMMIT, and on
+        # PostgreSQL the SET LOCAL that spares display figures the disk flush)
         assert len(prices_mark().changed) == 9
     assert calls == [["BANKBEES", "GOLDBEES", "NIFTYBEES"]]
 

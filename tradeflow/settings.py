@@ -253,6 +253,12 @@ CELERY_BEAT_SCHEDULE["orders-sync"] = {"task": "brokers.tasks.orders_sync_task",
 PRICE_FEED_SECONDS = env.float("PRICE_FEED_SECONDS", default=2.0)
 CELERY_BEAT_SCHEDULE["prices-feed"] = {"task": "brokers.tasks.prices_feed_task", "schedule": PRICE_FEED_SECONDS,
                                        "options": {"expires": PRICE_FEED_SECONDS}}
+# Reconcile: live positions closed in the broker's own app are booked closed (brokers/services/reconcile.py); an
+# account with an order or fill in the last RECONCILE_GRACE_SECONDS is left alone (brokers report with a delay).
+RECONCILE_SECONDS = env.float("RECONCILE_SECONDS", default=60.0)
+RECONCILE_GRACE_SECONDS = env.int("RECONCILE_GRACE_SECONDS", default=120)
+CELERY_BEAT_SCHEDULE["positions-reconcile"] = {"task": "brokers.tasks.positions_reconcile_task",
+                                               "schedule": RECONCILE_SECONDS, "options": {"expires": RECONCILE_SECONDS}}
 # Embedded demo: paper quotes of open positions take a small random walk, so P&L visibly moves.
 SIMULATED_FEED = EMBEDDED and envbool("SIMULATED_FEED", True)
 # A signal not sent within this many seconds of its arrival fails instead of trading late.

@@ -4,15 +4,17 @@ A trader may close a position in the broker's own app (Kite web, the Binance app
 for more than the broker holds (Kite has no reduce-only flag: the rest would open a new position), and say so:
 ``not_held`` when nothing is left, ``raw["not_held_qty"]`` for the part that was gone. What was gone is booked here
 as closed outside TradeFlow at the last price we know, which may differ from the real exit: the reason says so.
+The periodic reconcile (``brokers.services.reconcile``) books what it finds gone the same way.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
 
-from brokers.models import Execution, Position
+from brokers.models import BrokerAccount, Execution, Position
 from brokers.services.planning import LegPlan
 from brokers.services.positions import position_apply_fill
 
@@ -21,16 +23,43 @@ def _plain(value: Decimal) -> str:
     return format(value.normalize(), "f")
 
 
-def book_closed_outside(execution: Execution, leg: LegPlan, qty: Decimal, broker_said: str) -> str:
-    """Close ``qty`` of the leg's open position in our books; returns the sentence the execution shows."""
+@dataclass(frozen=True)
+class ClosedOutside:
+    """What was booked: ``qty`` of ``symbol`` closed at ``price``, realizing ``realized``."""
+
+    position_id: int
+    symbol: str
+    qty: Decimal
+    price: Decimal
+    realized: Decimal
+
+    @property
+    def sentence(self) -> str:
+        return (f"{_plain(self.qty)} {self.symbol} booked closed at the last known price {_plain(self.price)}: "
+                "check the real exit price in your broker's trade book")
+
+
+def position_book_closed_outside(*, account: BrokerAccount, symbol: str, qty: Decimal) -> ClosedOutside | None:
+    """Close up to ``qty`` of the account's open ``symbol`` position in our books at the last known price (the
+    broker's real exit price is not known here). None when there is no open position or nothing to close."""
     with transaction.atomic():
         position = (Position.objects.select_for_update()
-                    .filter(account=execution.account, symbol=leg.symbol, status=Position.Status.OPEN).first())
+                    .filter(account=account, symbol=symbol, status=Position.Status.OPEN).first())
         if position is None:
-            return broker_said
+            return None
         qty = min(qty, position.qty)
+        if qty <= 0:
+            return None
         price = position.last_price or position.avg_price
-        position_apply_fill(account=execution.account, symbol=leg.symbol, side=leg.side, qty=qty, price=price,
-                            meta=leg.meta)
-    return (f"{broker_said}. {_plain(qty)} {leg.symbol} booked closed at the last known price {_plain(price)}: "
-            "check the real exit price in your broker's trade book")
+        side = "sell" if position.side == Position.Side.LONG else "buy"  # the side that takes it off
+        _, realized = position_apply_fill(account=account, symbol=symbol, side=side, qty=qty, price=price,
+                                          meta=position.meta)
+    return ClosedOutside(position_id=position.pk, symbol=symbol, qty=qty, price=price, realized=realized)
+
+
+def book_closed_outside(execution: Execution, leg: LegPlan, qty: Decimal, broker_said: str) -> str:
+    """Close ``qty`` of the leg's open position in our books; returns the sentence the execution shows."""
+    booked = position_book_closed_outside(account=execution.account, symbol=leg.symbol, qty=qty)
+    if booked is None:
+        return broker_said
+    return f"{broker_said}. {booked.sentence}"

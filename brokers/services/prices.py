@@ -18,6 +18,7 @@ import random
 import threading
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 
@@ -126,6 +127,19 @@ def prices_mark() -> MarkResult:
     return result
 
 
+@contextmanager
+def display_write():
+    """A transaction for figures that are only displayed and rewritten every tick (marks, the demo's quotes): on
+    PostgreSQL its commit does not wait for the WAL to reach the disk. Measured here, a durable commit of a
+    20-row UPDATE took p50 1.1 ms but p99 320 ms (the disk's flush stalls); without the wait, p99 1.7 ms. A crash
+    may lose the last tick's marks, which the next tick writes again; fills and signals keep durable commits."""
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL synchronous_commit TO OFF")
+        yield
+
+
 def marks_store(marks: list[Mark]) -> None:
     """One UPDATE per distinct price (about one per symbol) in one transaction. ``bulk_update``'s CASE over every
     id took longer to build than the tick's reads and publishing together. A position closed meanwhile may get a
@@ -133,7 +147,7 @@ def marks_store(marks: list[Mark]) -> None:
     by_price: dict[Decimal, list[int]] = defaultdict(list)
     for mark in marks:
         by_price[mark.last_price].append(mark.id)
-    with transaction.atomic():
+    with display_write():
         if connection.vendor == "postgresql":  # ids as one array parameter: no 500-placeholder query to build
             table = connection.ops.quote_name(Position._meta.db_table)
             with connection.cursor() as cursor:
@@ -163,7 +177,8 @@ def paper_quotes_walk(*, step: Decimal = SIMULATED_STEP, rng: random.Random | No
         if moved <= 0 or abs(moved - quote.price) > quote.price * step:
             moved = quote.price
         quote.price, quote.updated_at = moved, now
-    Quote.objects.bulk_update(quotes, ["price", "updated_at"])
+    with display_write():
+        Quote.objects.bulk_update(quotes, ["price", "updated_at"])
     return {q.symbol: q.price for q in quotes}
 
 

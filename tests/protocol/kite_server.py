@@ -26,11 +26,13 @@ import secrets
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -707,4 +709,19 @@ class KiteServer:
 def kite_server():
     """A running ``KiteServer`` for one test."""
     with KiteServer() as server:
+        yield server
+
+
+@contextmanager
+def kite_market_at(settings, day: date, *, hour: int = 10):
+    """A Kite server for ``day`` with the clock at ``hour`` IST on it, and TradeFlow pointed at it (live trading on,
+    short fill wait and rate-limit back-off for tests)."""
+    import time_machine
+
+    when = datetime.combine(day, datetime.min.time(), tzinfo=ZoneInfo("Asia/Kolkata")).replace(hour=hour)
+    with time_machine.travel(when, tick=True), KiteServer(today=day) as server:
+        settings.KITE_API_ROOT = server.url
+        settings.KITE_FILL_WAIT = 1.0
+        settings.KITE_RATE_BACKOFF = 0.05
+        settings.LIVE_TRADING_ENABLED = True
         yield server

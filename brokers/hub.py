@@ -1,0 +1,106 @@
+"""Price ticks to the sockets of one server process: received once per process, written to each socket directly.
+
+A tick reaches every open dashboard at once, so it is the one message whose cost is multiplied by the sockets.
+Delivered the usual Channels way (every socket's consumer in a group), each socket's consumer received the tick
+on its own channel, decoded the whole shard's message and woke its own task: measured with 500 sockets on two
+cores, that was about half of a server process's CPU per tick. Here one hub per process (per event loop) holds one
+channel in every price group, decodes each message once, and writes each user's text to that user's sockets.
+
+Customers get only their own rows (``publish_prices`` keys each user's text by user id); staff get the admins'
+text with every row. Execution events still go through each consumer's own groups (``brokers.live``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import weakref
+
+from brokers.live import PRICE_ADMINS_GROUP, PRICE_SHARDS, prices_group
+
+log = logging.getLogger(__name__)
+REJOIN_SECONDS = 3600  # Redis core layer groups expire (a day by default): the hub joins again every hour
+
+_hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop → {id(layer): PriceHub}
+
+
+def price_groups() -> list[str]:
+    return [prices_group(n) for n in range(PRICE_SHARDS)] + [PRICE_ADMINS_GROUP]
+
+
+class PriceHub:
+    def __init__(self, layer):
+        self.layer = layer
+        self.customers: dict[str, set] = {}  # user id (text, as publish_prices keys it) → that user's consumers
+        self.staff: set = set()
+        self.channel: str | None = None
+        self.task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    @classmethod
+    async def for_layer(cls, layer) -> PriceHub:
+        """This event loop's hub for ``layer``, started on first use."""
+        per_loop = _hubs.setdefault(asyncio.get_running_loop(), {})
+        hub = per_loop.get(id(layer))
+        if hub is None or hub.layer is not layer or (hub.task is not None and hub.task.done()):
+            hub = per_loop[id(layer)] = cls(layer)
+            hub.task = asyncio.get_running_loop().create_task(hub.run(), name="price-hub")
+        await hub.ready.wait()
+        return hub
+
+    def add(self, consumer, *, user_key: str, staff: bool) -> None:
+        if staff:
+            self.staff.add(consumer)
+        else:
+            self.customers.setdefault(user_key, set()).add(consumer)
+
+    def discard(self, consumer, *, user_key: str) -> None:
+        self.staff.discard(consumer)
+        sockets = self.customers.get(user_key)
+        if sockets is not None:
+            sockets.discard(consumer)
+            if not sockets:
+                del self.customers[user_key]
+
+    async def join(self) -> None:
+        for group in price_groups():
+            await self.layer.group_add(group, self.channel)
+
+    async def run(self) -> None:
+        try:
+            self.channel = await self.layer.new_channel("prices-hub.")
+            await self.join()
+        finally:
+            self.ready.set()  # a failed start must not leave connects waiting; the next connect starts a new hub
+        rejoin = asyncio.get_running_loop().create_task(self._rejoin())
+        try:
+            while True:
+                message = await self.layer.receive(self.channel)
+                try:
+                    await self.deliver(message)
+                except Exception:  # noqa: BLE001 - one bad tick must not stop the next ones
+                    log.exception("price tick not delivered")
+        finally:
+            rejoin.cancel()
+
+    async def _rejoin(self) -> None:
+        while True:
+            await asyncio.sleep(REJOIN_SECONDS)
+            try:
+                await self.join()
+            except Exception:  # noqa: BLE001
+                log.warning("price hub could not rejoin its groups", exc_info=True)
+
+    async def deliver(self, message: dict) -> None:
+        if message.get("admins"):
+            text = message["text"]
+            targets = [(consumer, text) for consumer in list(self.staff)]
+        else:
+            customers = self.customers
+            targets = [(consumer, text) for key, text in message["by_user"].items()
+                       for consumer in list(customers.get(key, ()))]
+        for consumer, text in targets:
+            try:
+                await consumer.send(text_data=text)
+            except Exception:  # noqa: BLE001 - a socket closing meanwhile; its disconnect removes it
+                log.debug("price tick not sent to a closing socket", exc_info=True)
