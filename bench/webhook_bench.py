@@ -799,8 +799,9 @@ def main() -> int:
                         help="extra environment for uvicorn only, e.g. CONN_MAX_AGE=0 (repeatable)")
     parser.add_argument("--worker-env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for the Celery worker only (repeatable)")
-    parser.add_argument("--worker-nice", type=int, default=0,
-                        help="run the Celery worker under nice -n N (gives the acknowledging web workers CPU priority)")
+    parser.add_argument("--worker-nice", type=int, default=10,
+                        help="run the Celery worker under nice -n N, as the Procfile does (the acknowledging web "
+                             "workers first); 0 for no priority")
     parser.add_argument("--max-seconds", type=int, default=400, help="hard bound on the whole run (watchdog)")
     parser.add_argument("--drain-seconds", type=float, default=150,
                         help="how long to let the worker finish (a)'s backlog before measuring throughput")

@@ -346,7 +346,7 @@ def feed_only(args) -> int:
 
     django.setup()
     from brokers.services import prices
-    from tradeflow.celery import freeze_startup_objects
+    from tradeflow.startup import freeze_startup_objects
 
     freeze_startup_objects()  # as the Celery worker that runs the feed task does at start
     published: list[float] = []  # when the feed had handed the tick to the channel layer

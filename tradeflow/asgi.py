@@ -13,6 +13,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import AllowedHostsOriginValidator  # noqa: E402
 
 from tradeflow.routing import websocket_urlpatterns  # noqa: E402
+from tradeflow.startup import freeze_startup_objects  # noqa: E402
 from webhooks.asgi import WebhookRouter  # noqa: E402
 
 application = ProtocolTypeRouter(
@@ -22,3 +23,9 @@ application = ProtocolTypeRouter(
         "websocket": AllowedHostsOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
     }
 )
+
+# The URL patterns are resolved lazily; load them now, so they are frozen with the rest of the startup objects.
+from django.urls import get_resolver  # noqa: E402
+
+get_resolver().url_patterns  # noqa: B018
+freeze_startup_objects()
