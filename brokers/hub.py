@@ -42,7 +42,7 @@ class PriceHub:
         """This event loop's hub for ``layer``, started on first use."""
         per_loop = _hubs.setdefault(asyncio.get_running_loop(), {})
         hub = per_loop.get(id(layer))
-        if hub is None or hub.layer is not layer or (hub.task is not None and hub.task.done()):
+        if hub is None or hub.layer is not layer or hub.task.done():
             hub = per_loop[id(layer)] = cls(layer)
             hub.task = asyncio.get_running_loop().create_task(hub.run(), name="price-hub")
         await hub.ready.wait()
@@ -67,19 +67,29 @@ class PriceHub:
             await self.layer.group_add(group, self.channel)
 
     async def run(self) -> None:
-        try:
-            self.channel = await self.layer.new_channel("prices-hub.")
-            await self.join()
-        finally:
-            self.ready.set()  # a failed start must not leave connects waiting; the next connect starts a new hub
+        """Receive ticks for as long as the process lives. A channel-layer failure (Redis restarting) is logged and
+        the hub starts over on a new channel after a second, keeping its sockets: a blip costs a few ticks, not
+        every dashboard of the process until a restart."""
         rejoin = asyncio.get_running_loop().create_task(self._rejoin())
         try:
             while True:
-                message = await self.layer.receive(self.channel)
                 try:
-                    await self.deliver(message)
-                except Exception:  # noqa: BLE001 - one bad tick must not stop the next ones
-                    log.exception("price tick not delivered")
+                    if self.channel is None:  # kept across a restart: the layer resubscribes it when back
+                        self.channel = await self.layer.new_channel("prices-hub.")
+                    await self.join()
+                    self.ready.set()
+                    while True:
+                        message = await self.layer.receive(self.channel)
+                        try:
+                            await self.deliver(message)
+                        except Exception:  # noqa: BLE001 - one bad tick must not stop the next ones
+                            log.exception("price tick not delivered")
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # noqa: BLE001
+                    log.warning("price hub lost its channel layer; starting over in 1 s", exc_info=True)
+                    self.ready.set()  # connects go on meanwhile: their sockets are served once it is back
+                    await asyncio.sleep(1)
         finally:
             rejoin.cancel()
 

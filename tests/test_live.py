@@ -406,3 +406,47 @@ def test_over_redis_pub_sub_a_tick_reaches_its_owner_only(owner, other, settings
             await socket.disconnect()
 
     async_to_sync(scenario)()  # nothing to flush: a fresh layer
+
+
+def test_the_price_hub_survives_a_channel_layer_failure():
+    """A Redis blip while the hub waits for a tick: it logs, starts over, and the same sockets get the next tick."""
+    from channels.layers import InMemoryChannelLayer
+
+    from brokers.hub import PriceHub
+    from brokers.live import PRICE_ADMINS_GROUP, prices_group
+
+    class Flaky(InMemoryChannelLayer):
+        failures = 1
+
+        async def receive(self, channel):
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("Redis went away")
+            return await super().receive(channel)
+
+    class Tab:
+        def __init__(self):
+            self.got = asyncio.Queue()
+
+        async def send(self, *, text_data):
+            await self.got.put(text_data)
+
+    async def scenario():
+        layer = Flaky()
+        hub = await PriceHub.for_layer(layer)
+        customer, staff = Tab(), Tab()
+        hub.add(customer, user_key="7", staff=False)
+        hub.add(staff, user_key="1", staff=True)
+        for _ in range(100):  # the failed receive, the second's pause, the hub back on its channel
+            await asyncio.sleep(0.05)
+            if not layer.failures and hub.channel in layer.groups.get(prices_group(7), {}):
+                break
+        await asyncio.sleep(1.2)
+        await layer.group_send(prices_group(7), {"type": "live.prices", "by_user": {"7": "mine", "8": "theirs"}})
+        await layer.group_send(PRICE_ADMINS_GROUP, {"type": "live.prices", "admins": True, "text": "all"})
+        assert await asyncio.wait_for(customer.got.get(), WAIT) == "mine"
+        assert await asyncio.wait_for(staff.got.get(), WAIT) == "all"
+        assert customer.got.empty() and not hub.task.done()
+        hub.task.cancel()
+
+    async_to_sync(scenario)()
