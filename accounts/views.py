@@ -10,6 +10,7 @@ from django.views.decorators.http import require_POST
 
 from accounts.forms import TradingSettingsForm
 from accounts.models import ApiToken
+from accounts.services import trading_settings_update
 from accounts.token_forms import ApiTokenForm
 from accounts.tokens import api_token_create, api_token_get, api_token_list, api_token_revoke
 from brokers import selectors
@@ -42,7 +43,7 @@ def dashboard(request):
 def trading_settings(request):
     form = TradingSettingsForm(request.POST or None, instance=request.user.trading_settings)
     if request.method == "POST" and form.is_valid():
-        form.save()
+        trading_settings_update(user=request.user, ip=request.META.get("REMOTE_ADDR") or None, **form.cleaned_data)
         messages.success(request, "Trading settings saved.")
         return redirect("trading-settings")
     return render(request, "accounts/trading_settings.html", {"form": form})

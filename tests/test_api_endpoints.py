@@ -9,6 +9,7 @@ from decimal import Decimal
 import pytest
 from django.utils import timezone
 
+from accounts.models import AuditLog
 from accounts.tokens import api_token_create
 from bots.models import Bot, Subscription
 from bots.services import bot_create, bot_pause
@@ -239,6 +240,8 @@ def test_risk_config_and_trading_settings_update(api, owner):
     assert api("patch", "/api/v1/settings/trading/", {"auto_trade": False}).json()["auto_trade"] is False
     owner.trading_settings.refresh_from_db()
     assert owner.trading_settings.auto_trade is False
+    assert AuditLog.objects.get(user=owner, action="trading_settings.updated").details == {
+        "auto_trade": {"from": "True", "to": "False"}}
 
 
 def test_errors_share_the_webhook_format(api, client):

@@ -10,7 +10,7 @@ import pytest
 from django.contrib import admin
 from django.urls import reverse
 
-from accounts.models import TradingSettings
+from accounts.models import AuditLog, TradingSettings
 from brokers.adapters.paper import quote_set
 from brokers.models import AccountApiKey, Broker, BrokerAccount, Execution, Instrument, Order, Position
 from brokers.services import position_apply_fill
@@ -106,6 +106,16 @@ def test_trading_settings_save(owner_client, owner):
     assert (saved.default_lots, saved.auto_trade, saved.hedge_pct, saved.hedge_strike_offset, saved.timezone) == (
         4, False, D("25"), 300, "Europe/London")
     assert "Trading settings saved." in owner_client.get(url).content.decode()
+    # Who changed what, from what, is on record; saving the same values again records nothing.
+    audit = AuditLog.objects.get(user=owner, action="trading_settings.updated")
+    assert audit.details == {"default_lots": {"from": "1", "to": "4"}, "auto_trade": {"from": "True", "to": "False"},
+                             "hedge_pct": {"from": "30.00", "to": "25"},
+                             "hedge_strike_offset": {"from": "200", "to": "300"},
+                             "timezone": {"from": "Asia/Kolkata", "to": "Europe/London"}}
+    assert audit.actor == owner and audit.ip == "127.0.0.1"
+    owner_client.post(url, {"default_lots": "4", "auto_trade": "", "hedge_pct": "25", "hedge_strike_offset": "300",
+                            "timezone": "Europe/London"})
+    assert AuditLog.objects.filter(action="trading_settings.updated").count() == 1
 
 
 def test_trading_settings_refuse_bad_values(owner_client, owner):
