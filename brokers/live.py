@@ -41,6 +41,9 @@ def execution_event(execution) -> dict:
         "latency_ms": str(execution.latency_ms) if execution.latency_ms is not None else None,
         # For the dashboards' tables and the admin page's per-bot counters; all already loaded, no extra query.
         "account": execution.account.label,
+        # The admin live page names the customer (the customer's own event carries their own address). Loaded with
+        # the execution on the engine's path; elsewhere one query.
+        "owner": execution.account.owner.email,
         "bot_id": (execution.intent.get("bot") or {}).get("id"),
         "created_at": execution.created_at.isoformat() if execution.created_at else None,
     }

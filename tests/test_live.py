@@ -190,6 +190,7 @@ def test_an_execution_reaches_its_owner_and_the_admins_with_what_their_tables_sh
             assert (event["kind"], event["id"], event["account"], event["symbol"], event["status"], event["bot_id"]) \
                 == ("execution", execution.pk, "Swing", "NIFTYBEES", "rejected", 7)
             assert event["reason"] == "Daily loss limit reached" and event["created_at"]
+            assert event["owner"] == owner.email  # the admin page names the customer
         assert await b.receive_nothing(timeout=QUIET)
         for socket in (a, b, admin):
             await socket.disconnect()

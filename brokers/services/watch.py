@@ -279,4 +279,4 @@ def _book_broker_close(position: Position, price: Decimal, *, broker: str) -> bo
 def _publish(execution_id: int) -> None:
     from brokers.live import publish_execution
 
-    publish_execution(Execution.objects.select_related("account").get(pk=execution_id))
+    publish_execution(Execution.objects.select_related("account__owner").get(pk=execution_id))

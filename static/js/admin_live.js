@@ -53,7 +53,7 @@
     var tr = body.querySelector('tr[data-execution="' + e.id + '"]');
     if (!tr) {
       tr = document.createElement("tr"); tr.setAttribute("data-execution", e.id);
-      [td(when(e.created_at)), td(owners[e.account_id] || "account #" + e.account_id), td(e.account), td(e.symbol), td(""), td(""), td("")]
+      [td(when(e.created_at)), td(owners[e.account_id] || e.owner || "account #" + e.account_id), td(e.account), td(e.symbol), td(""), td(""), td("")]
         .forEach(function (cell) { tr.appendChild(cell); });
       body.insertBefore(tr, body.firstChild);
       while (body.children.length > 100) body.removeChild(body.lastChild);

@@ -227,11 +227,13 @@ def test_staff_live_page_streams_every_customers_executions_and_bot_counters(ser
     rows = page.get_by_test_id("admin-executions")
     expect(rows).to_contain_text("NIFTYBEES", timeout=WAIT)
     expect(rows.locator("tr").first).to_contain_text("Filled", timeout=WAIT)
+    expect(rows.locator("tr").first).to_contain_text("trader@example.com")  # who, though not on the page at load
     reply = httpx.post(f"{server.url}/api/v1/bots/webhook/master/{bot.webhook_path}", timeout=10,
                        content=json.dumps({"ticker": "BTCUSDT", "action": "buy", "secret": secret, "price": 95000}),
                        headers={"Content-Type": "text/plain"})
     assert reply.status_code == 202, reply.text
     expect(rows).to_contain_text("BTCUSDT", timeout=WAIT)
+    expect(rows.locator("tr", has_text="BTCUSDT")).to_contain_text("follower@example.com")
     expect(counters.locator("[data-counter=filled]")).to_have_text("1", timeout=WAIT)
     expect(counters.locator("[data-counter=alerts]")).to_have_text("1")
     expect(page.get_by_test_id("admin-open-count")).to_have_text("2", timeout=WAIT)
