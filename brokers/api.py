@@ -11,15 +11,20 @@ from decimal import Decimal
 
 import django_filters
 from django.conf import settings
-from drf_spectacular.utils import extend_schema
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.urls import reverse
+from drf_spectacular.utils import OpenApiResponse, PolymorphicProxySerializer, extend_schema
 from rest_framework import generics, serializers, status
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from brokers import selectors
-from brokers.models import BrokerAccount, Execution, Order, Position
+from brokers.adapters.base import BrokerTransient
+from brokers.forms import LIVE_OFF_HELP, NO_SPACES, PRODUCTS, proxy_validator
+from brokers.models import Broker, BrokerAccount, Execution, Order, Position
 from brokers.services import account_create, account_set_enabled, api_key_regenerate, connect, position_close
 from tradeflow.api_common import Conflict, UtcDateTimeFilter, owned
+from webhooks.services import WebhookError
 
 # Broker options a customer may read back; anything else (a proxy URL with its password) stays server-side.
 PUBLIC_OPTIONS = ("product", "expiry_rule", "market", "testnet", "leverage", "session_date")
@@ -57,6 +62,7 @@ class AccountSerializer(serializers.ModelSerializer):
 
 
 class PaperAccountCreateSerializer(serializers.Serializer):
+    broker = serializers.ChoiceField(choices=["paper"], default="paper", help_text="`paper` (the default)")
     label = serializers.CharField(max_length=80)
     currency = serializers.ChoiceField(choices=["INR", "USD", "USDT"], default="INR")
     paper_capital = serializers.DecimalField(max_digits=16, decimal_places=2, min_value=Decimal("1"),
@@ -69,14 +75,90 @@ class WebhookKeySerializer(serializers.Serializer):
     webhook_url = serializers.CharField()
 
 
-def _with_key(request, account: BrokerAccount, raw: str, code: int) -> Response:
+def _with_key(request, account: BrokerAccount, raw: str, code: int, **extra) -> Response:
     account = selectors.account_get(user=request.user, pk=account.pk)  # fresh, with the new key's prefix
     return Response({"account": AccountSerializer(account).data, "webhook_key": raw,
-                     "webhook_url": f"{settings.PUBLIC_URL}/api/v1/webhooks/{raw}"}, status=code)
+                     "webhook_url": f"{settings.PUBLIC_URL}/api/v1/webhooks/{raw}", **extra}, status=code)
+
+
+# --- connecting a real broker (the services of brokers/services/connect.py, as on the connect pages) ------------
+
+def _secret(help_text: str) -> serializers.CharField:
+    return serializers.CharField(max_length=200, write_only=True, validators=[NO_SPACES], help_text=help_text)
+
+
+class _BrokerConnectSerializer(serializers.Serializer):
+    """The fields of every connect form (brokers/forms.py ``BrokerConnectForm``)."""
+
+    label = serializers.CharField(max_length=80)
+    api_key = _secret("Write-only: never returned (the account shows whether one is saved)")
+    api_secret = _secret("Write-only: never returned")
+    mode = serializers.ChoiceField(choices=BrokerAccount.Mode.choices, default=BrokerAccount.Mode.PAPER,
+                                   help_text="`live` sends real orders; only when the server allows live trading")
+
+    def validate_mode(self, value: str) -> str:
+        if value == BrokerAccount.Mode.LIVE and not connect.live_trading_allowed():
+            raise serializers.ValidationError(LIVE_OFF_HELP)
+        return value
+
+
+class BinanceConnectSerializer(_BrokerConnectSerializer):
+    broker = serializers.ChoiceField(choices=["binance"])
+    market = serializers.ChoiceField(choices=list(connect.MARKETS), default="futures",
+                                     help_text="`spot` or `futures` (USDⓈ-M)")
+    testnet = serializers.BooleanField(default=False, help_text="A key from the Binance testnet (play money)")
+    leverage = serializers.IntegerField(min_value=1, max_value=125, required=False, allow_null=True,
+                                        help_text="Futures only; empty keeps the leverage set on Binance")
+
+
+class KiteConnectSerializer(_BrokerConnectSerializer):
+    broker = serializers.ChoiceField(choices=["kite"])
+    product = serializers.ChoiceField(choices=[p for p, _ in PRODUCTS], default="NRML")
+    expiry_rule = serializers.ChoiceField(choices=list(connect.EXPIRY_RULES), default="nearest_weekly")
+    proxy = serializers.CharField(max_length=300, required=False, allow_blank=True, write_only=True,
+                                  validators=[proxy_validator],
+                                  help_text="Optional outbound proxy leaving from your Kite static IP (write-only)")
+
+
+CREATE_SERIALIZERS = {Broker.PAPER: PaperAccountCreateSerializer, Broker.BINANCE: BinanceConnectSerializer,
+                      Broker.KITE: KiteConnectSerializer}
+CONNECTORS = {Broker.BINANCE: connect.binance_account_connect, Broker.KITE: connect.kite_account_connect}
+
+
+class AccountCreatedSerializer(WebhookKeySerializer):
+    warnings = serializers.ListField(child=serializers.CharField(), help_text="e.g. the key has no IP whitelist")
+    kite_login_url = serializers.CharField(allow_null=True, help_text=(
+        "Kite only: open it in a browser signed in to TradeFlow as you; Kite sends the browser back to "
+        "`kite_redirect_url` (TradeFlow's web callback), which finishes the login. Valid for 15 minutes."))
+    kite_redirect_url = serializers.CharField(allow_null=True, help_text=(
+        "Kite only: the Redirect URL to register in your Kite Connect app"))
+
+
+def _kite_urls(request, account: BrokerAccount) -> dict:
+    return {"kite_login_url": connect.kite_login_redirect(account=account, user=request.user),
+            "kite_redirect_url": settings.PUBLIC_URL + reverse("broker-kite-callback")}
+
+
+def _refused(exc: connect.ConnectError) -> WebhookError:
+    """The connect services' refusal, with their message, in the API's error format."""
+    cause = exc.__cause__
+    if isinstance(cause, DjangoValidationError):  # billing.services.limit_check
+        return WebhookError(422, "plan_limit", exc.message)
+    if isinstance(cause, BrokerTransient):
+        return WebhookError(503, "broker_unavailable", exc.message)
+    return WebhookError(422, "broker_refused", exc.message, {exc.field: exc.message} if exc.field else {})
+
+
+ERROR = {"$ref": "#/components/schemas/Error"}  # the shared error format (tradeflow.api_common)
+ACCOUNT_CREATE = PolymorphicProxySerializer(
+    component_name="AccountCreate", resource_type_field_name="broker",
+    serializers={str(k): v for k, v in CREATE_SERIALIZERS.items()})
 
 
 class AccountList(generics.ListAPIView):
-    """Your broker accounts. POST creates a paper account and answers its webhook key, once."""
+    """Your broker accounts. POST creates one (`broker`: `paper`, the default, `binance` or `kite`) and answers its
+    webhook key, once. Binance: the key is checked with Binance first; a refused key saves nothing (422). Kite: the
+    answer carries `kite_login_url`; the login finishes on TradeFlow's web callback."""
 
     serializer_class = AccountSerializer
     queryset = BrokerAccount.objects.none()  # for the schema; rows come from get_queryset
@@ -84,12 +166,32 @@ class AccountList(generics.ListAPIView):
     def get_queryset(self):
         return selectors.account_list(user=self.request.user)
 
-    @extend_schema(request=PaperAccountCreateSerializer, responses={201: WebhookKeySerializer})
+    @extend_schema(request=ACCOUNT_CREATE, responses={
+        201: AccountCreatedSerializer,
+        422: OpenApiResponse(ERROR, description="The broker refused the key, or the plan's account limit is reached "
+                                                "(code `broker_refused` / `plan_limit`); nothing was saved"),
+        503: OpenApiResponse(ERROR, description="The broker could not be reached to check the key; nothing was "
+                                                "saved"),
+    })
     def post(self, request):
-        data = PaperAccountCreateSerializer(data=request.data)
+        broker = request.data.get("broker", Broker.PAPER) if isinstance(request.data, dict) else Broker.PAPER
+        if broker not in CREATE_SERIALIZERS:
+            raise serializers.ValidationError({"broker": f"Choose one of: {', '.join(CREATE_SERIALIZERS)}."})
+        data = CREATE_SERIALIZERS[broker](data=request.data)
         data.is_valid(raise_exception=True)
-        account, key = account_create(owner=request.user, **data.validated_data)
-        return _with_key(request, account, key.raw, status.HTTP_201_CREATED)
+        fields = {k: v for k, v in data.validated_data.items() if k != "broker"}
+        if broker == Broker.PAPER:
+            account, key = account_create(owner=request.user, **fields)
+            return _with_key(request, account, key.raw, status.HTTP_201_CREATED, warnings=[], kite_login_url=None,
+                             kite_redirect_url=None)
+        try:
+            connected = CONNECTORS[broker](owner=request.user, **fields)
+        except connect.ConnectError as exc:
+            raise _refused(exc) from exc
+        kite = _kite_urls(request, connected.account) if broker == Broker.KITE else {
+            "kite_login_url": None, "kite_redirect_url": None}
+        return _with_key(request, connected.account, connected.key.raw, status.HTTP_201_CREATED,
+                         warnings=connected.warnings, **kite)
 
 
 class AccountDetail(generics.RetrieveAPIView):
@@ -129,6 +231,24 @@ class AccountRegenerateKey(APIView):
         account = owned(selectors.account_get, user=request.user, pk=pk)
         key = api_key_regenerate(account=account, actor=request.user)
         return _with_key(request, account, key.raw, status.HTTP_200_OK)
+
+
+class KiteLoginSerializer(serializers.Serializer):
+    kite_login_url = serializers.CharField(help_text="Open it in a browser signed in to TradeFlow as you; valid for "
+                                                     "15 minutes")
+    kite_redirect_url = serializers.CharField(help_text="Where Kite sends the browser back (TradeFlow's web callback)")
+
+
+class AccountKiteLogin(APIView):
+    """A fresh Kite login URL for a Kite account (Kite sessions end every morning). The login finishes on
+    TradeFlow's web callback, in a browser signed in to TradeFlow as you. 409 for a non-Kite account."""
+
+    @extend_schema(request=None, responses=KiteLoginSerializer)
+    def post(self, request, pk: int):
+        account = owned(selectors.account_get, user=request.user, pk=pk)
+        if account.broker != Broker.KITE:
+            raise Conflict(f"{account.label} is not a Kite account: only Kite accounts log in", code="not_kite")
+        return Response(_kite_urls(request, account))
 
 
 class CredentialsSerializer(serializers.Serializer):

@@ -62,6 +62,7 @@ ROUTES: dict[str, dict[str, Check]] = {
     "accounts/<int:pk>/regenerate-key/": {"POST": Check(OBJECT, "account")},
     "accounts/<int:pk>/credentials/": {"PUT": Check(OBJECT, "kite_account",
                                                     body={"api_key": "newkitekey", "api_secret": "newkitesecret"})},
+    "accounts/<int:pk>/kite-login/": {"POST": Check(OBJECT, "kite_account")},
     "positions/": {"GET": Check(LIST, "position")},
     "positions/<int:pk>/": {"GET": Check(OBJECT, "position")},
     "positions/<int:pk>/close/": {"POST": Check(OBJECT, "position")},

@@ -52,7 +52,7 @@ def in_process(settings):
 
 
 @pytest.fixture
-def seeded_token(db, in_process):
+def seeded_token(db, in_process, binance):  # binance: connecting a Binance account checks the key there
     user = factories.UserFactory(email="schemathesis@example.com", is_staff=True)
     account, _ = factories.paper_account(owner=user, label="Fuzzed paper")
     quote_set(broker="paper", symbol="BTCUSDT", price=Decimal("100"))

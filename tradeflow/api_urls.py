@@ -27,6 +27,7 @@ urlpatterns = [
     path("accounts/<int:pk>/regenerate-key/", brokers_api.AccountRegenerateKey.as_view(),
          name="api-account-regenerate-key"),
     path("accounts/<int:pk>/credentials/", brokers_api.AccountCredentials.as_view(), name="api-account-credentials"),
+    path("accounts/<int:pk>/kite-login/", brokers_api.AccountKiteLogin.as_view(), name="api-account-kite-login"),
     path("positions/", brokers_api.PositionList.as_view(), name="api-positions"),
     path("positions/<int:pk>/", brokers_api.PositionDetail.as_view(), name="api-position"),
     path("positions/<int:pk>/close/", brokers_api.PositionClose.as_view(), name="api-position-close"),
