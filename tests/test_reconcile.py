@@ -20,7 +20,7 @@ from django.conf import settings as django_settings
 from django.utils import timezone
 
 from brokers import live
-from brokers.models import BrokerAccount, Execution, Position
+from brokers.models import BrokerAccount, Execution, Order, Position
 from brokers.services import account_create
 from brokers.services.prices import prices_mark
 from brokers.services.reconcile import positions_reconcile, reconcile_accounts
@@ -103,6 +103,15 @@ def short_put(kite, zerodha, client, django_capture_on_commit_callbacks) -> tupl
     return account, contract
 
 
+def tradeflow_buy_back(client, capture, key: str, contract: str, qty: str) -> None:
+    """TradeFlow itself buys back part of the short (a unify.v1 alert for the contract)."""
+    body = {"version": "unify.v1", "intent": {"side": "buy", "symbol": f"NFO:{contract}", "qty": qty}}
+    with capture(execute=True):
+        response = client.post(f"/api/v1/webhooks/{key}", data=json.dumps(body), content_type="text/plain")
+    execution = Execution.objects.get(signal_id=response.json()["signal_id"])
+    assert execution.status == Execution.Status.FILLED, execution.reason
+
+
 def kite_app_order(server: KiteServer, account, side: str, tradingsymbol: str, qty: int) -> None:
     """The trader trades in Kite's own app: the same order book, without TradeFlow's tag."""
     from kiteconnect import KiteConnect
@@ -116,8 +125,9 @@ def test_kite_position_closed_in_the_kite_app_is_booked_after_the_grace_period(k
                                                                                 published):
     account, contract = short_put
     kite.set_ltp(f"NFO:{contract}", "60")
-    kite_app_order(kite, account, "BUY", contract, 300)  # bought back in the Kite app
-    prices_mark()  # the price feed marks the position: the last price TradeFlow knows is 60
+    kite_app_order(kite, account, "BUY", contract, 300)  # bought back in the Kite app at 60
+    kite.set_ltp(f"NFO:{contract}", "55")
+    prices_mark()  # the price feed marks the position: the last price TradeFlow knows is 55, not the exit
     sent = len(kite.order_posts())
 
     early = reconcile(account)  # within the grace period: Kite's positions may lag TradeFlow's own fill
@@ -128,15 +138,17 @@ def test_kite_position_closed_in_the_kite_app_is_booked_after_the_grace_period(k
     with after_grace():
         result = reconcile(account)
 
+    # Booked at Kite's own average buy price of the day (the app's exit), not at the last known 55.
     assert [(b.symbol, b.qty, b.price) for b in result.booked] == [(f"NFO:{contract}", D("300"), D("60"))]
     assert open_positions(account) == {}
     closed = Position.objects.get(account=account, symbol=f"NFO:{contract}")
-    assert (closed.status, closed.realized_pnl) == ("closed", D("12000"))  # sold 300 at 100, booked back at 60
+    assert (closed.status, closed.realized_pnl) == ("closed", D("12000"))  # sold 300 at 100, bought back at 60
     [execution] = reconcile_executions(account)
     assert (execution.kind, execution.status, execution.reason_code) == ("close", "filled", "closed_outside")
     assert execution.reason.startswith("Closed outside TradeFlow: Zerodha Kite holds nothing of ")
-    assert "booked closed at the last known price 60: check the real exit price in your broker's trade book" \
-        in execution.reason
+    assert execution.reason.endswith(f"300 NFO:{contract} booked closed at the broker's exit price 60 "
+                                     "(from its trade book)")
+    assert "last known" not in execution.reason and execution.intent["price_from"] == "broker"
     assert len(kite.order_posts()) == sent  # reconcile books, it never trades
     # The dashboard drops the row live and lists the execution with its reason.
     events = [event for user_id, event in published if user_id == account.owner_id]
@@ -147,7 +159,8 @@ def test_kite_position_closed_in_the_kite_app_is_booked_after_the_grace_period(k
 def test_kite_partial_close_in_the_app_books_only_the_part_gone(kite, short_put, reconcile):
     account, contract = short_put
     kite.set_ltp(f"NFO:{contract}", "80")
-    kite_app_order(kite, account, "BUY", contract, 75)  # one lot of four bought back in the Kite app
+    kite_app_order(kite, account, "BUY", contract, 75)  # one lot of four bought back in the Kite app at 80
+    kite.set_ltp(f"NFO:{contract}", "70")
     prices_mark()
 
     with after_grace():
@@ -158,6 +171,45 @@ def test_kite_partial_close_in_the_app_books_only_the_part_gone(kite, short_put,
     assert (still.side, still.qty, still.avg_price, still.realized_pnl) == ("short", D("225"), D("100"), D("1500"))
     [execution] = reconcile_executions(account)
     assert "holds 225 short of" in execution.reason and "where TradeFlow had 300 short" in execution.reason
+    assert "booked closed at the broker's exit price 80 (from its trade book)" in execution.reason
+
+    # A second lot bought back later the same day at 90: Kite's day total (150 at 85) no longer tells the price
+    # of this part alone, so it is booked at the last known price and the customer is told to check it.
+    kite.set_ltp(f"NFO:{contract}", "90")
+    kite_app_order(kite, account, "BUY", contract, 75)
+    kite.set_ltp(f"NFO:{contract}", "95")
+    prices_mark()
+    with time_machine.travel(timezone.now() + timedelta(seconds=django_settings.RECONCILE_GRACE_SECONDS + 1),
+                             tick=True):
+        second = reconcile(account)
+
+    assert [(b.qty, b.price, b.from_broker) for b in second.booked] == [(D("75"), D("95"), False)]
+    assert open_positions(account)[f"NFO:{contract}"].realized_pnl == D("1500") + D("375")  # 75 x (100 - 95)
+    assert "booked closed at the last known price 95: check the real exit price" in \
+        reconcile_executions(account)[-1].reason
+
+
+def test_kite_exit_price_is_not_taken_when_tradeflow_also_bought_back_today(kite, zerodha, short_put, reconcile,
+                                                                           client, django_capture_on_commit_callbacks):
+    account, contract = short_put
+    kite.set_ltp(f"NFO:{contract}", "90")
+    tradeflow_buy_back(client, django_capture_on_commit_callbacks, zerodha[1], contract, "75")  # TradeFlow at 90
+    assert Order.objects.get(account=account, side="buy").symbol == f"NFO:{contract}"  # what reconcile looks up
+    kite.set_ltp(f"NFO:{contract}", "60")
+    kite_app_order(kite, account, "BUY", contract, 225)  # the rest bought back in the Kite app at 60
+    kite.set_ltp(f"NFO:{contract}", "55")
+    prices_mark()
+
+    with after_grace():
+        result = reconcile(account)
+
+    # Kite's day average buy (75 at 90 + 225 at 60 = 67.5) mixes TradeFlow's fill with the app's: last known price.
+    assert [(b.qty, b.price, b.from_broker) for b in result.booked] == [(D("225"), D("55"), False)]
+    closed = Position.objects.get(account=account, symbol=f"NFO:{contract}")
+    assert (closed.status, closed.realized_pnl) == ("closed", D("750") + D("10125"))  # 75 x 10 + 225 x 45
+    [execution] = reconcile_executions(account)
+    assert "booked closed at the last known price 55: check the real exit price in your broker's trade book" \
+        in execution.reason and execution.intent["price_from"] == "last_known"
 
 
 # --- Binance USDⓈ-M futures --------------------------------------------------------------------------------------
@@ -211,8 +263,9 @@ def binance_app_order(server: BinanceServer, side: str, qty: str, symbol: str = 
 def test_binance_futures_position_closed_in_the_app_is_booked_after_the_grace_period(binance, long_btc, reconcile,
                                                                                      published):
     binance.set_price("BTCUSDT", "96234.5")
-    binance_app_order(binance, "SELL", "0.003")
-    prices_mark()
+    binance_app_order(binance, "SELL", "0.003")  # sold in the app at 96234.5
+    binance.set_price("BTCUSDT", "97234.5")
+    prices_mark()  # the last price TradeFlow knows is 97234.5, not the exit
     assert "BTCUSDT" not in binance.account().positions
 
     early = reconcile(long_btc)
@@ -229,23 +282,57 @@ def test_binance_futures_position_closed_in_the_app_is_booked_after_the_grace_pe
     [execution] = reconcile_executions(long_btc)
     assert (execution.status, execution.reason_code) == ("filled", "closed_outside")
     assert "Binance holds nothing of BTCUSDT where TradeFlow had 0.003 long" in execution.reason
-    assert "check the real exit price" in execution.reason
+    assert execution.reason.endswith("0.003 BTCUSDT booked closed at the broker's exit price 96234.5 (from its trade "
+                                     "book)")
     assert len(binance.calls("/fapi/v1/order", "POST")) == orders_before  # nothing sent
+    assert len(binance.calls("/fapi/v1/userTrades", "GET")) == 1  # the trade list, read once, when booking
     kinds = [(e["kind"], e.get("status")) for _, e in published]
     assert ("position", "closed") in kinds and ("execution", "filled") in kinds
 
 
 def test_binance_partial_close_in_the_app_books_only_the_part_gone(binance, long_btc, reconcile):
     binance.set_price("BTCUSDT", "94234.5")
-    binance_app_order(binance, "SELL", "0.001")
+    binance_app_order(binance, "SELL", "0.001")  # a third sold in the app at 94234.5
+    binance.set_price("BTCUSDT", "94000")
     prices_mark()
 
     with after_grace():
         result = reconcile(long_btc)
 
-    assert [(b.qty, b.realized) for b in result.booked] == [(D("0.001"), D("-1.0000"))]
+    assert [(b.qty, b.price, b.realized) for b in result.booked] == [(D("0.001"), D("94234.5"), D("-1.0000"))]
     still = open_positions(long_btc)["BTCUSDT"]
     assert (still.side, still.qty, still.realized_pnl) == ("long", D("0.002"), D("-1"))
+
+    # The rest sold later in the app, in two fills: booked at those fills' average, the earlier one being the part
+    # already booked.
+    binance.set_price("BTCUSDT", "95734.5")
+    binance_app_order(binance, "SELL", "0.001")
+    binance.set_price("BTCUSDT", "96734.5")
+    binance_app_order(binance, "SELL", "0.001")
+    binance.set_price("BTCUSDT", "99000")
+    prices_mark()
+    with time_machine.travel(timezone.now() + timedelta(seconds=django_settings.RECONCILE_GRACE_SECONDS + 1),
+                             tick=True):
+        second = reconcile(long_btc)
+
+    assert [(b.qty, b.price, b.from_broker) for b in second.booked] == [(D("0.002"), D("96234.5"), True)]
+    closed = Position.objects.get(account=long_btc, symbol="BTCUSDT")
+    assert (closed.status, closed.realized_pnl) == ("closed", D("1"))  # -1 + 0.002 x 1000
+
+
+def test_binance_exit_price_is_not_taken_when_the_app_traded_both_ways(binance, long_btc, reconcile):
+    binance_app_order(binance, "BUY", "0.002", close=False)  # the app added to the position at 95234.5 ...
+    binance.set_price("BTCUSDT", "96234.5")
+    binance_app_order(binance, "SELL", "0.005")  # ... then sold it all: which sale closed TradeFlow's part?
+    binance.set_price("BTCUSDT", "97234.5")
+    prices_mark()
+
+    with after_grace():
+        result = reconcile(long_btc)
+
+    assert [(b.qty, b.price, b.from_broker) for b in result.booked] == [(D("0.003"), D("97234.5"), False)]
+    [execution] = reconcile_executions(long_btc)
+    assert "booked closed at the last known price 97234.5: check the real exit price" in execution.reason
 
 
 def test_running_reconcile_twice_books_once(binance, long_btc, reconcile):

@@ -75,6 +75,19 @@ class BrokerPosition:
 
 
 @dataclass(frozen=True)
+class BrokerFill:
+    """Trades the broker reports on one symbol: one fill (Binance's trade list) or, where the broker only gives
+    the day's totals (Kite's positions), the day's buys or sells at their average price (``order_id`` empty)."""
+
+    symbol: str
+    side: str  # "buy" | "sell"
+    qty: Decimal  # unsigned
+    price: Decimal  # the fill's price, or the average of the day's fills on that side
+    order_id: str = ""  # the broker's order id ("" for a day's total)
+    trade_id: int = 0  # the broker's increasing trade id (0 when unknown)
+
+
+@dataclass(frozen=True)
 class Balance:
     currency: str
     cash: Decimal
@@ -111,6 +124,12 @@ class BrokerAdapter(ABC):
     @abstractmethod
     def validate_credentials(self) -> None:
         """Raise BrokerAuthError (or BrokerRejected) with a message the customer can act on."""
+
+    def fills(self, symbol: str, *, since=None) -> list[BrokerFill] | None:
+        """The account's trades on ``symbol`` (as TradeFlow books it) since ``since`` (an aware datetime), oldest
+        first, as the broker's trade book tells them; None when this broker cannot tell (the default). Used to book
+        a position closed in the broker's own app at its real exit price (``brokers.services.exit_price``)."""
+        return None
 
     # Broker-side stop loss / take profit. Not abstract: for a broker without them here (paper, Kite) the
     # levels live only on TradeFlow's position record.

@@ -33,6 +33,7 @@ from brokers.adapters.base import (
     BrokerAmbiguous,
     BrokerAuthError,
     BrokerError,
+    BrokerFill,
     BrokerPosition,
     BrokerRejected,
     BrokerTransient,
@@ -557,6 +558,23 @@ class BinanceAdapter(BrokerAdapter):
         return [BrokerPosition(symbol=b["asset"] + quote, qty=_dec(b["free"]) + _dec(b["locked"]),
                                avg_price=Decimal("0"))
                 for b in balances if b["asset"] != quote and _dec(b["free"]) + _dec(b["locked"])]
+
+    def fills(self, symbol: str, *, since=None) -> list[BrokerFill] | None:
+        """Futures: the account's fills on ``symbol`` from Binance's trade list (``GET /fapi/v1/userTrades``,
+        weight 5, at most 1,000 fills and 7 days from ``since``), oldest first. None on spot (coins, not
+        positions) and when the list came back full (1,000 fills: the newest may be missing)."""
+        if self.market_for() != "futures":
+            return None
+        self._guard_weight("futures")
+        params: dict = {"symbol": symbol, "limit": 1000}
+        if since is not None:
+            params["startTime"] = int(since.timestamp() * 1000)
+        rows = self._call("futures", "futures_account_trades", **params)
+        if len(rows) >= 1000:
+            return None
+        return [BrokerFill(symbol=r["symbol"], side=str(r["side"]).lower(), qty=abs(_dec(r["qty"])),
+                           price=_dec(r["price"]), order_id=str(r["orderId"]), trade_id=int(r["id"]))
+                for r in sorted(rows, key=lambda r: (int(r["time"]), int(r["id"])))]
 
     def last_prices(self, symbols: list[str], market: str | None = None) -> dict[str, Decimal]:
         """Last prices for many symbols in one request (spot ``symbols=[…]``; futures: the all-symbols ticker)."""

@@ -40,6 +40,7 @@ from brokers.adapters.base import (
     BrokerAmbiguous,
     BrokerAuthError,
     BrokerError,
+    BrokerFill,
     BrokerPosition,
     BrokerRejected,
     BrokerTransient,
@@ -410,6 +411,25 @@ class KiteAdapter(BrokerAdapter):
             total[1] += qty * _dec(p.get("average_price"))
         return [BrokerPosition(symbol=key, qty=qty, avg_price=(cost / qty) if qty else Decimal(0), last_price=last)
                 for key, (qty, cost, last) in merged.items() if qty]
+
+    def fills(self, symbol: str, *, since=None) -> list[BrokerFill]:
+        """Today's buys and sells of ``symbol`` (TradeFlow's name for it), each side as one total at its average
+        price, from the ``day`` rows of Kite's positions (``buy_quantity``/``buy_price``, ``sell_quantity``/
+        ``sell_price``: today's trades only; the ``net`` rows also carry what was brought forward overnight).
+        Kite has no per-account trade list with our tags in the positions, so ``order_id`` is empty and ``since``
+        is ignored: the window is always today (Kite's trading day). Rows of every product are added up, as
+        ``positions()`` does; an empty list when nothing was traded today."""
+        exchange, tradingsymbol = self._locate(symbol, {})
+        totals = {"buy": [Decimal(0), Decimal(0)], "sell": [Decimal(0), Decimal(0)]}
+        for p in self._call(self.client.positions).get("day", []):
+            if (p.get("exchange"), p.get("tradingsymbol")) != (exchange, tradingsymbol):
+                continue
+            for side in ("buy", "sell"):
+                qty = abs(_dec(p.get(f"{side}_quantity")))
+                totals[side][0] += qty
+                totals[side][1] += qty * _dec(p.get(f"{side}_price"))
+        return [BrokerFill(symbol=symbol, side=side, qty=qty, price=value / qty)
+                for side, (qty, value) in totals.items() if qty]
 
     def last_prices(self, symbols: list[str]) -> dict[str, Decimal]:
         """Last prices in one ``/quote/ltp`` call per 1,000 symbols; unknown symbols are left out."""

@@ -4,7 +4,9 @@ A trader may close a position in the broker's own app (Kite web, the Binance app
 for more than the broker holds (Kite has no reduce-only flag: the rest would open a new position), and say so:
 ``not_held`` when nothing is left, ``raw["not_held_qty"]`` for the part that was gone. What was gone is booked here
 as closed outside TradeFlow at the last price we know, which may differ from the real exit: the reason says so.
-The periodic reconcile (``brokers.services.reconcile``) books what it finds gone the same way.
+The periodic reconcile (``brokers.services.reconcile``) books what it finds gone the same way, except that it first
+asks the broker's trade book for the real exit price (``brokers.services.exit_price``) and, when it is known,
+books at that price and says so.
 """
 
 from __future__ import annotations
@@ -32,16 +34,22 @@ class ClosedOutside:
     qty: Decimal
     price: Decimal
     realized: Decimal
+    from_broker: bool = False  # ``price`` is the broker's exit price (its trade book), not the last known price
 
     @property
     def sentence(self) -> str:
+        if self.from_broker:
+            return (f"{_plain(self.qty)} {self.symbol} booked closed at the broker's exit price {_plain(self.price)} "
+                    "(from its trade book)")
         return (f"{_plain(self.qty)} {self.symbol} booked closed at the last known price {_plain(self.price)}: "
                 "check the real exit price in your broker's trade book")
 
 
-def position_book_closed_outside(*, account: BrokerAccount, symbol: str, qty: Decimal) -> ClosedOutside | None:
-    """Close up to ``qty`` of the account's open ``symbol`` position in our books at the last known price (the
-    broker's real exit price is not known here). None when there is no open position or nothing to close."""
+def position_book_closed_outside(*, account: BrokerAccount, symbol: str, qty: Decimal,
+                                 price: Decimal | None = None) -> ClosedOutside | None:
+    """Close up to ``qty`` of the account's open ``symbol`` position in our books at ``price``, the broker's exit
+    price when the caller learnt it from the broker's trade book, else at the last known price. None when there is
+    no open position or nothing to close."""
     with transaction.atomic():
         position = (Position.objects.select_for_update()
                     .filter(account=account, symbol=symbol, status=Position.Status.OPEN).first())
@@ -50,11 +58,14 @@ def position_book_closed_outside(*, account: BrokerAccount, symbol: str, qty: De
         qty = min(qty, position.qty)
         if qty <= 0:
             return None
-        price = position.last_price or position.avg_price
+        from_broker = price is not None
+        if price is None:
+            price = position.last_price or position.avg_price
         side = "sell" if position.side == Position.Side.LONG else "buy"  # the side that takes it off
         _, realized = position_apply_fill(account=account, symbol=symbol, side=side, qty=qty, price=price,
                                           meta=position.meta)
-    return ClosedOutside(position_id=position.pk, symbol=symbol, qty=qty, price=price, realized=realized)
+    return ClosedOutside(position_id=position.pk, symbol=symbol, qty=qty, price=price, realized=realized,
+                         from_broker=from_broker)
 
 
 def book_closed_outside(execution: Execution, leg: LegPlan, qty: Decimal, broker_said: str) -> str:

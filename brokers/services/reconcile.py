@@ -6,10 +6,11 @@ Celery beat runs ``positions_reconcile_task`` every ``RECONCILE_SECONDS``: per l
 with open positions, the broker's positions (``adapter.positions()``) are compared with TradeFlow's open ones, by
 symbol as the adapter names them (Kite reports NFO/NSE contracts bare, TradeFlow books them ``NFO:…``).
 
-* The broker holds less (or nothing): the difference is booked closed at the last known price, exactly as
-  ``closed_outside`` books it, and a filled CLOSE execution with reason code ``closed_outside`` tells the customer,
-  who should check the real exit price in the broker's trade book. The dashboard gets the position and the
-  execution live, like a fill.
+* The broker holds less (or nothing): the difference is booked closed at the broker's exit price when its trade
+  book tells it unambiguously (``brokers.services.exit_price``: Kite's day positions, Binance's futures trade list),
+  else at the last known price, exactly as ``closed_outside`` books it. A filled CLOSE execution with reason code
+  ``closed_outside`` tells the customer which price was booked (with the last known price: check the real exit in
+  the broker's trade book). The dashboard gets the position and the execution live, like a fill.
 * The broker holds more, or a symbol TradeFlow does not hold: someone traded in the broker's app. TradeFlow does
   not adopt foreign positions: it is logged and returned, nothing is booked.
 
@@ -38,6 +39,7 @@ from brokers.adapters.base import BrokerAdapter, BrokerAuthError, BrokerError
 from brokers.models import Broker, BrokerAccount, Execution, Order, Position
 from brokers.services.closed_outside import ClosedOutside, position_book_closed_outside
 from brokers.services.execution import CLOSE_IN_FLIGHT, close_in_flight
+from brokers.services.exit_price import exit_price
 
 log = logging.getLogger(__name__)
 ZERO = Decimal("0")
@@ -145,7 +147,7 @@ def positions_reconcile(account: BrokerAccount, *, now: datetime | None = None) 
         broker_qty = held.pop(key, ZERO)
         ours = broker_qty if position.side == Position.Side.LONG else -broker_qty
         if ours < position.qty:
-            _book(account, position, broker_qty, now=now, result=result)
+            _book(account, adapter, position, broker_qty, now=now, result=result)
         if ours > position.qty:
             extra = ours - position.qty
             result.foreign.append(Foreign(key, extra if position.side == Position.Side.LONG else -extra))
@@ -187,8 +189,13 @@ def _keyed(account: BrokerAccount, adapter: BrokerAdapter, positions: list[Posit
     return keyed
 
 
-def _book(account: BrokerAccount, position: Position, broker_qty: Decimal, *, now: datetime,
-          result: ReconcileResult) -> None:
+def _book(account: BrokerAccount, adapter: BrokerAdapter, position: Position, broker_qty: Decimal, *,
+          now: datetime, result: ReconcileResult) -> None:
+    # The broker's exit price is asked for before the row is locked (no network call under the lock) and used only
+    # if the quantity gone is still the same once locked.
+    ours = broker_qty if position.side == Position.Side.LONG else -broker_qty
+    asked = position.qty - max(ours, ZERO)
+    price = exit_price(account, adapter, position, asked, now=now)
     with transaction.atomic():
         locked = Position.objects.select_for_update().filter(pk=position.pk, status=Position.Status.OPEN).first()
         if locked is None:
@@ -204,7 +211,8 @@ def _book(account: BrokerAccount, position: Position, broker_qty: Decimal, *, no
         gone = locked.qty - max(ours, ZERO)
         if gone <= 0:
             return
-        booked = position_book_closed_outside(account=account, symbol=locked.symbol, qty=gone)
+        booked = position_book_closed_outside(account=account, symbol=locked.symbol, qty=gone,
+                                              price=price if gone == asked and locked.side == position.side else None)
         if booked is None:
             return
         held = "nothing" if ours <= 0 else f"{_plain(ours)} {locked.side}"
@@ -214,7 +222,8 @@ def _book(account: BrokerAccount, position: Position, broker_qty: Decimal, *, no
             reason=(f"Closed outside TradeFlow: {account.get_broker_display()} holds {held} of {locked.symbol} where "
                     f"TradeFlow had {_plain(locked.qty)} {locked.side}. {booked.sentence}"),
             intent={"format": "manual", "action": "exit", "symbol": locked.symbol, "position_id": locked.pk,
-                    "trigger": "reconcile", "qty": str(booked.qty), "price": str(booked.price)},
+                    "trigger": "reconcile", "qty": str(booked.qty), "price": str(booked.price),
+                    "price_from": "broker" if booked.from_broker else "last_known"},
         )
         transaction.on_commit(lambda: _publish(execution.pk))
     result.booked.append(booked)

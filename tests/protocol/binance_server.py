@@ -157,6 +157,7 @@ class Account:
     algo: list[dict] = field(default_factory=list)
     order_lists: list[dict] = field(default_factory=list)
     order_times: dict[str, list[float]] = field(default_factory=lambda: {"spot": [], "futures": []})
+    trades: list[dict] = field(default_factory=list)  # futures fills, as /fapi/v1/userTrades lists them
 
 
 @dataclass
@@ -217,6 +218,7 @@ ROUTES: dict[tuple[str, str], Route] = {
     ("GET", "/fapi/v1/order"): Route("futures", 1, True, "futures_order_get"),
     ("DELETE", "/fapi/v1/order"): Route("futures", 1, True, "futures_order_cancel"),
     ("GET", "/fapi/v1/openOrders"): Route("futures", 1, True, "futures_open_orders"),
+    ("GET", "/fapi/v1/userTrades"): Route("futures", 5, True, "futures_user_trades"),
     ("POST", "/fapi/v1/algoOrder"): Route("futures", 0, True, "algo_new", order=True),
     ("GET", "/fapi/v1/algoOrder"): Route("futures", 1, True, "algo_get"),
     ("DELETE", "/fapi/v1/algoOrder"): Route("futures", 1, True, "algo_cancel"),
@@ -888,12 +890,14 @@ class BinanceServer:
         qty = D(order["origQty"])
         signed = qty if order["side"] == "BUY" else -qty
         amt, entry = account.positions.get(order["symbol"], [ZERO, ZERO])
+        realized = ZERO
         if amt == 0 or (amt > 0) == (signed > 0):
             new_amt = amt + signed
             entry = (abs(amt) * entry + qty * price) / abs(new_amt)
         else:
             closing = min(abs(amt), qty)
-            account.wallet += closing * (price - entry) * (1 if amt > 0 else -1)
+            realized = closing * (price - entry) * (1 if amt > 0 else -1)
+            account.wallet += realized
             new_amt = amt + signed
             if new_amt != 0 and (new_amt > 0) != (amt > 0):
                 entry = price
@@ -903,6 +907,11 @@ class BinanceServer:
             account.positions[order["symbol"]] = [new_amt, entry]
         order.update(status="FILLED", avgPrice=plain(price), executedQty=plain(qty), cumQty=plain(qty),
                      cumQuote=plain(qty * price), updateTime=self.now_ms())
+        account.trades.append({"symbol": order["symbol"], "id": self._order_id(), "orderId": order["orderId"],
+                               "side": order["side"], "price": plain(price), "qty": plain(qty),
+                               "realizedPnl": plain(realized), "quoteQty": plain(qty * price), "commission": "0",
+                               "commissionAsset": "USDT", "time": order["updateTime"], "positionSide": "BOTH",
+                               "buyer": order["side"] == "BUY", "maker": False})
 
     def _futures_find(self, account: Account, params: dict) -> dict:
         spec = self._spec("futures", params)
@@ -929,6 +938,31 @@ class BinanceServer:
     def h_futures_open_orders(self, account, params):
         return [_public(o) for o in account.orders["futures"] if o["status"] == "NEW"
                 and params.get("symbol") in (None, o["symbol"])]
+
+    def h_futures_user_trades(self, account, params):
+        """Account trade list: ``symbol`` required; ``startTime``/``endTime`` at most 7 days apart (-4166; with one
+        of them the other is 7 days away, with neither the last 7 days), ``fromId`` (not with times), ``limit``
+        500 by default, at most 1,000; oldest first."""
+        spec = self._spec("futures", params)
+        week = 7 * 86_400_000
+        start, end = params.get("startTime"), params.get("endTime")
+        limit = int(params.get("limit") or 500)
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, -1130, "Data sent for parameter 'limit' is not valid.")
+        if params.get("fromId") and (start or end):
+            raise ApiError(400, -4166, "fromId is not allowed together with startTime or endTime.")
+        if start and end and int(end) - int(start) > week:
+            raise ApiError(400, -4166, "The time between startTime and endTime cannot be longer than 7 days.")
+        if start or end:
+            start = int(start) if start else int(end) - week
+            end = int(end) if end else start + week
+        elif not params.get("fromId"):
+            end = self.now_ms()
+            start = end - week
+        rows = [t for t in account.trades if t["symbol"] == spec.symbol
+                and (start is None or start <= t["time"] <= end)
+                and int(params.get("fromId") or 0) <= t["id"]]
+        return [dict(t) for t in rows[:limit]]
 
     def h_algo_new(self, account, params):
         spec = self._spec("futures", params)
