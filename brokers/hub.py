@@ -15,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
+from collections import deque
 
 from brokers.live import PRICE_ADMINS_GROUP, PRICE_SHARDS, prices_group
 
 log = logging.getLogger(__name__)
+BACKLOG = 30  # ticks kept for a socket that cannot take them yet (a minute at the default period); older are dropped
 REJOIN_SECONDS = 3600  # Redis core layer groups expire (a day by default): the hub joins again every hour
 
 _hubs: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # event loop → {id(layer): PriceHub}
@@ -33,6 +35,7 @@ class PriceHub:
         self.layer = layer
         self.customers: dict[str, set] = {}  # user id (text, as publish_prices keys it) → that user's consumers
         self.staff: set = set()
+        self.backlog: dict = {}  # consumer → ticks waiting for its socket to drain (see _send_now)
         self.channel: str | None = None
         self.task: asyncio.Task | None = None
         self.ready = asyncio.Event()
@@ -56,6 +59,8 @@ class PriceHub:
 
     def discard(self, consumer, *, user_key: str) -> None:
         self.staff.discard(consumer)
+        if (queued := self.backlog.get(consumer)) is not None:
+            queued.clear()
         sockets = self.customers.get(user_key)
         if sockets is not None:
             sockets.discard(consumer)
@@ -110,7 +115,45 @@ class PriceHub:
             targets = [(consumer, text) for key, text in message["by_user"].items()
                        for consumer in list(customers.get(key, ()))]
         for consumer, text in targets:
-            try:
-                await consumer.send(text_data=text)
-            except Exception:  # noqa: BLE001 - a socket closing meanwhile; its disconnect removes it
-                log.debug("price tick not sent to a closing socket", exc_info=True)
+            queued = self.backlog.get(consumer)
+            if queued is not None:  # this socket is still draining an earlier tick: after it, in order
+                queued.append(text)
+            else:
+                self._send_now(consumer, text)
+
+    def _send_now(self, consumer, text: str) -> None:
+        """Write one socket's tick without letting a slow socket hold up the others.
+
+        The server's ``send`` only waits when that socket's buffer is full (a phone on a bad network): normally it
+        completes without suspending, so it is run here step by step, as an eager task would, and no task is
+        made. If it does suspend, the rest of it, and the ticks for that socket that arrive meanwhile, go on in a
+        task of their own while this loop serves the next socket."""
+        coro = consumer.send(text_data=text)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # noqa: BLE001 - a socket closing meanwhile; its disconnect removes it
+            log.debug("price tick not sent to a closing socket", exc_info=True)
+            return
+        self.backlog[consumer] = deque(maxlen=BACKLOG)
+        asyncio.get_running_loop().create_task(self._drain(consumer, coro, waiting))
+
+    async def _drain(self, consumer, coro, waiting) -> None:
+        try:
+            while True:  # the suspended send, to its end: what the event loop would do for a task
+                try:
+                    await (waiting if waiting is not None else asyncio.sleep(0))
+                except Exception:  # noqa: BLE001,S110 - the send sees the failure when resumed, and raises it
+                    pass
+                try:
+                    waiting = coro.send(None)
+                except StopIteration:
+                    break
+            queued = self.backlog.get(consumer)
+            while queued:
+                await consumer.send(text_data=queued.popleft())
+        except Exception:  # noqa: BLE001
+            log.debug("price ticks not sent to a slow socket", exc_info=True)
+        finally:
+            self.backlog.pop(consumer, None)

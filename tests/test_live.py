@@ -451,3 +451,38 @@ def test_the_price_hub_survives_a_channel_layer_failure():
         hub.task.cancel()
 
     async_to_sync(scenario)()
+
+
+def test_a_socket_that_cannot_take_a_tick_holds_up_no_other_and_gets_its_ticks_in_order():
+    """A phone on a bad network: its send waits for the buffer to drain. The other sockets of the process still
+    get the tick at once; the slow one gets every tick, in order, once it drains."""
+    from channels.layers import InMemoryChannelLayer
+
+    from brokers.hub import PriceHub
+
+    class Tab:
+        def __init__(self, gate=None):
+            self.got, self.gate = [], gate
+
+        async def send(self, *, text_data):
+            if self.gate is not None:
+                await self.gate.wait()
+            self.got.append(text_data)
+
+    async def scenario():
+        hub = PriceHub(InMemoryChannelLayer())
+        gate = asyncio.Event()
+        slow, fast = Tab(gate), Tab()
+        hub.add(slow, user_key="1", staff=False)
+        hub.add(fast, user_key="2", staff=False)
+        await hub.deliver({"by_user": {"1": "slow-1", "2": "fast-1"}})
+        await hub.deliver({"by_user": {"1": "slow-2", "2": "fast-2"}})
+        assert fast.got == ["fast-1", "fast-2"] and slow.got == []  # delivered without waiting for the slow one
+        gate.set()
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert slow.got == ["slow-1", "slow-2"] and hub.backlog == {}
+        await hub.deliver({"by_user": {"1": "slow-3"}})
+        assert slow.got[-1] == "slow-3"  # drained: straight through again
+
+    async_to_sync(scenario)()
