@@ -194,7 +194,8 @@ def test_exit_after_the_main_leg_was_closed_in_the_kite_app_sends_only_the_hedge
     kite.set_ltp(f"NFO:{main['tradingsymbol']}", "100")
     kite.set_ltp(f"NFO:{hedge['tradingsymbol']}", "40")
     assert send(key, lots=5).status == Execution.Status.FILLED
-    kite_app_order(kite, account, "BUY", main["tradingsymbol"], 375)  # bought back in the Kite app
+    kite.set_ltp(f"NFO:{main['tradingsymbol']}", "80")
+    kite_app_order(kite, account, "BUY", main["tradingsymbol"], 375)  # bought back in the Kite app, at 80
     kite.set_ltp(f"NFO:{main['tradingsymbol']}", "60")
     sent = len(kite.order_posts())
 
@@ -202,7 +203,10 @@ def test_exit_after_the_main_leg_was_closed_in_the_kite_app_sends_only_the_hedge
 
     assert (execution.status, execution.reason_code) == ("filled", "closed_outside"), execution.reason
     assert f"Kite holds no {main['tradingsymbol']} (NRML) position to close" in execution.reason
-    assert "booked closed at the last known price" in execution.reason
+    # At the price the app bought it back (Kite's day positions), not TradeFlow's last mark: short 375 from 100.
+    assert "booked closed at the broker's exit price 80 (from its trade book)" in execution.reason
+    main_position = Position.objects.get(account=account, symbol=f"NFO:{main['tradingsymbol']}")
+    assert main_position.realized_pnl == D("7500")
     # No BUY that would have opened a new long: only the hedge is sold.
     assert [row[:3] for row in posted(kite)[sent:]] == [("SELL", hedge["tradingsymbol"], 150)]
     assert open_positions(account) == {}

@@ -15,8 +15,11 @@ from dataclasses import dataclass
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
+from brokers.adapters.base import BrokerAdapter
 from brokers.models import BrokerAccount, Execution, Position
+from brokers.services.exit_price import exit_price
 from brokers.services.planning import LegPlan
 from brokers.services.positions import position_apply_fill
 
@@ -68,9 +71,19 @@ def position_book_closed_outside(*, account: BrokerAccount, symbol: str, qty: De
                          from_broker=from_broker)
 
 
-def book_closed_outside(execution: Execution, leg: LegPlan, qty: Decimal, broker_said: str) -> str:
-    """Close ``qty`` of the leg's open position in our books; returns the sentence the execution shows."""
-    booked = position_book_closed_outside(account=execution.account, symbol=leg.symbol, qty=qty)
+def book_closed_outside(execution: Execution, leg: LegPlan, qty: Decimal, broker_said: str,
+                        adapter: BrokerAdapter | None = None) -> str:
+    """Close ``qty`` of the leg's open position in our books; returns the sentence the execution shows. With the
+    adapter, at the broker's exit price when its trade book tells it unambiguously (``exit_price``: a position
+    closed in the app before TradeFlow's own close; TradeFlow's fills on the closing side today make it ambiguous,
+    so a partial close that TradeFlow sent the rest of falls back to the last known price)."""
+    price = None
+    if adapter is not None:
+        position = Position.objects.filter(account=execution.account, symbol=leg.symbol,
+                                           status=Position.Status.OPEN).first()
+        if position is not None:
+            price = exit_price(execution.account, adapter, position, min(qty, position.qty), now=timezone.now())
+    booked = position_book_closed_outside(account=execution.account, symbol=leg.symbol, qty=qty, price=price)
     if booked is None:
         return broker_said
     return f"{broker_said}. {booked.sentence}"

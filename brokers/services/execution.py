@@ -220,12 +220,13 @@ def _place_legs(execution: Execution, adapter: BrokerAdapter, legs: list[LegPlan
             except BrokerRejected as exc:
                 if exc.code != "not_held" or not leg.reduce_only:
                     raise
-                outside.append(book_closed_outside(execution, leg, leg.qty, exc.message))
+                outside.append(book_closed_outside(execution, leg, leg.qty, exc.message, adapter))
                 done.append(leg.leg)
                 continue
             if leg.reduce_only and (result.raw or {}).get("not_held_qty"):
                 outside.append(book_closed_outside(execution, leg, Decimal(result.raw["not_held_qty"]),
-                                                   f"{leg.symbol}: the broker held less than TradeFlow's books"))
+                                                   f"{leg.symbol}: the broker held less than TradeFlow's books",
+                                                   adapter))
             gate = ""
             if leg.leg == "hedge" and result.status == "open":
                 result, gate = _cancel_unfilled_hedge(adapter, order, leg)
