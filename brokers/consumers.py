@@ -30,8 +30,8 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
             await self.channel_layer.group_add(group, self.channel_name)
         self.price_hub = await PriceHub.for_layer(self.channel_layer)
         await self.accept()
-        self.price_hub.add(self, user_key=self.user_key, staff=self.sees_all)
         await self.send_snapshot()
+        self.price_hub.add(self, user_key=self.user_key, staff=self.sees_all)
         if settings.SIMULATED_FEED:  # the embedded demo: started by the first watcher, on this server's loop
             from brokers.services.prices import simulated_feed_start
 
@@ -52,6 +52,15 @@ class LiveConsumer(AsyncJsonWebsocketConsumer):
         """The client asks again after it missed events (a reconnect, a tab woken from sleep)."""
         if isinstance(content, dict) and content.get("action") == "snapshot":
             await self.send_snapshot()
+
+    async def __call__(self, scope, receive, send):
+        """The hub holds this socket until it ends, however it ends: Channels calls ``disconnect`` when the client
+        goes, not when a handler raised (a database blip in the snapshot, a send to a socket closing meanwhile)."""
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if hub := getattr(self, "price_hub", None):
+                hub.discard(self, user_key=self.user_key)
 
     async def disconnect(self, code: int) -> None:
         if hub := getattr(self, "price_hub", None):

@@ -5,6 +5,7 @@ import random
 from datetime import timedelta
 
 from celery import shared_task
+from celery.exceptions import SoftTimeLimitExceeded
 from django.conf import settings
 from django.db.models import Q
 from django.utils import timezone
@@ -149,6 +150,8 @@ def positions_reconcile_task() -> dict | None:
             summary["accounts"] += 1
             try:
                 result = positions_reconcile(account)
+            except SoftTimeLimitExceeded:
+                raise  # the round's time is up: the next round goes on, not the rest of this one
             except Exception:  # noqa: BLE001 - one account's failure must not stop the others' reconcile
                 log.exception("reconcile: account %s failed", account.pk)
                 summary["skipped"].append(f"{account.pk}: internal error")

@@ -486,3 +486,29 @@ def test_a_socket_that_cannot_take_a_tick_holds_up_no_other_and_gets_its_ticks_i
         assert slow.got[-1] == "slow-3"  # drained: straight through again
 
     async_to_sync(scenario)()
+
+
+def test_a_socket_whose_consumer_failed_is_not_kept_by_the_price_hub(owner, monkeypatch):
+    """A database blip in the snapshot ends the consumer without ``disconnect``: the hub must not keep it (and try
+    to send it every tick for as long as the process lives)."""
+    from brokers import hub as hub_module
+    from brokers.consumers import LiveConsumer
+
+    cookie = session_cookie(owner)
+
+    async def broken_snapshot(self):
+        raise RuntimeError("database went away")
+
+    async def scenario():
+        good, _ = await connected(cookie)
+        monkeypatch.setattr(LiveConsumer, "send_snapshot", broken_snapshot)
+        bad = socket_for(cookie)
+        assert (await bad.connect())[0]  # accepted; then the snapshot fails and the consumer ends
+        with pytest.raises(RuntimeError):
+            await bad.receive_output(WAIT)
+        hubs = list(hub_module._hubs[asyncio.get_running_loop()].values())
+        assert [len(sockets) for hub in hubs for sockets in hub.customers.values()] == [1]  # the good one only
+        await good.disconnect()
+        assert all(not hub.customers for hub in hubs)
+
+    run(scenario)

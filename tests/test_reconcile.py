@@ -429,3 +429,30 @@ def test_only_live_accounts_are_reconciled_and_only_while_live_trading_is_on(own
     settings.LIVE_TRADING_ENABLED = False
     assert list(reconcile_accounts()) == []
     assert positions_reconcile(long_btc).skipped == ["live trading is switched off"]
+
+
+def test_a_binance_position_with_a_stop_at_the_exchange_is_left_to_the_stop_watcher(binance, long_btc, reconcile):
+    """Its stop / target orders sit at Binance: the stop watcher books the close and cancels the other of the pair;
+    reconcile booking it first would leave that order behind to close the symbol's next position."""
+    Position.objects.filter(account=long_btc, symbol="BTCUSDT").update(stop_loss=D("90000"))
+    binance_app_order(binance, "SELL", "0.003")
+
+    with after_grace():
+        result = reconcile(long_btc)
+
+    assert result.booked == [] and result.foreign == [] and reconcile_executions(long_btc) == []
+    assert any("stop watcher" in why for why in result.skipped)
+    assert "BTCUSDT" in open_positions(long_btc)
+
+
+def test_the_binance_exit_price_is_never_taken_from_a_trade_list_that_ends_before_now(binance, long_btc):
+    """userTrades answers 7 days from its start: past that, an older outside fill (one already booked) would pass
+    for this close's price. The last known price is used instead, and Binance is not asked."""
+    from brokers.adapters import get_adapter
+    from brokers.services.exit_price import exit_price
+
+    position = open_positions(long_btc)["BTCUSDT"]
+    asked = len(binance.calls("/fapi/v1/userTrades", "GET"))
+    later = timezone.now() + timedelta(days=8)
+    assert exit_price(long_btc, get_adapter(long_btc), position, D("0.003"), now=later) is None
+    assert len(binance.calls("/fapi/v1/userTrades", "GET")) == asked

@@ -64,6 +64,7 @@ from brokers.models import Broker, BrokerAccount, Order, Position
 log = logging.getLogger(__name__)
 ZERO = Decimal("0")
 IST = ZoneInfo("Asia/Kolkata")
+BINANCE_WINDOW = timedelta(days=7) - timedelta(minutes=1)  # what /fapi/v1/userTrades answers from a startTime
 BINANCE_LOOKBACK = timedelta(minutes=5)  # TradeFlow records a fill after Binance made it: read from a bit before
 PLACES = Decimal("0.00000001")  # the books' 8 decimal places
 
@@ -79,7 +80,7 @@ def exit_price(account: BrokerAccount, adapter: BrokerAdapter, position: Positio
         if account.broker == Broker.KITE:
             price = _kite(account, adapter, position, gone, closing, now=now)
         elif account.broker == Broker.BINANCE:
-            price = _binance(account, adapter, position, gone, closing)
+            price = _binance(account, adapter, position, gone, closing, now=now)
         else:
             return None
     except BrokerError as exc:
@@ -111,12 +112,17 @@ def _kite(account, adapter, position, gone, closing, *, now) -> Decimal | None:
     return day[closing].price
 
 
-def _binance(account, adapter, position, gone, closing) -> Decimal | None:
+def _binance(account, adapter, position, gone, closing, *, now) -> Decimal | None:
     ours = list(_ours(account, position.symbol).values("broker_order_id", "created_at", "filled_at"))
     if not ours or any(not row["broker_order_id"] for row in ours):
         return None
     last = max((row["filled_at"] or row["created_at"]) for row in ours)
-    fills = adapter.fills(position.symbol, since=last - BINANCE_LOOKBACK)
+    since = last - BINANCE_LOOKBACK
+    if now - since >= BINANCE_WINDOW:
+        # The list answers 7 days from ``since``: it would end before now, and an older outside fill (one an earlier
+        # round already booked) would pass for this close's.
+        return None
+    fills = adapter.fills(position.symbol, since=since)
     if not fills:
         return None
     our_ids = {row["broker_order_id"] for row in ours}

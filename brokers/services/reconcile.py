@@ -143,7 +143,10 @@ def positions_reconcile(account: BrokerAccount, *, now: datetime | None = None) 
         log.warning("reconcile: no positions from account %s: %s", account.pk, exc.message)
         result.skipped.append(exc.message)
         return result
-    for key, position in _keyed(account, adapter, positions, result).items():
+    keyed, left = _keyed(account, adapter, positions, result)
+    for key in left:
+        held.pop(key, None)
+    for key, position in keyed.items():
         broker_qty = held.pop(key, ZERO)
         ours = broker_qty if position.side == Position.Side.LONG else -broker_qty
         if ours < position.qty:
@@ -167,26 +170,42 @@ def _held(adapter: BrokerAdapter) -> dict[str, Decimal]:
 
 
 def _keyed(account: BrokerAccount, adapter: BrokerAdapter, positions: list[Position],
-           result: ReconcileResult) -> dict[str, Position]:
-    """TradeFlow's open positions by the symbol the adapter's ``positions()`` reports them under."""
+           result: ReconcileResult) -> tuple[dict[str, Position], set[str]]:
+    """TradeFlow's open positions by the symbol the adapter's ``positions()`` reports them under, and the keys left
+    alone this round (the broker's rows under them are neither booked against nor reported as foreign)."""
     keyed: dict[str, Position] = {}
+    left: set[str] = set()
     for position in positions:
         key = position.symbol
         if account.broker == Broker.KITE:
             # The adapter's own mapping (exchange from the prefix, else the instruments list), so both sides are
             # named alike: ``NFO:NIFTY25D3025000PE`` here is ``NIFTY25D3025000PE`` in Kite's positions.
-            exchange, tradingsymbol = adapter._locate(position.symbol, {})
+            try:
+                exchange, tradingsymbol = adapter._locate(position.symbol, {})
+            except BrokerError as exc:  # not in the instruments list: this position waits, the others go on
+                result.skipped.append(f"{position.symbol}: {exc.message}")
+                continue
+            key = adapter._display(exchange, tradingsymbol)
             if exchange in KITE_CASH_EXCHANGES:
                 result.skipped.append(f"{position.symbol}: cash-market positions become holdings overnight; "
                                       "not reconciled")
+                left.add(key)
                 continue
-            key = adapter._display(exchange, tradingsymbol)
-        if key in keyed:  # two open rows naming one contract: which one the broker's quantity is cannot be told
+        elif position.stop_loss is not None or position.take_profit is not None:
+            # Binance holds this position's stop / target: the stop watcher books it when the exchange (or the app)
+            # closes it, every few seconds, and cancels the other order of the pair, which reconcile would leave
+            # behind to close the symbol's next position.
+            result.skipped.append(f"{position.symbol}: has a stop loss / take profit at Binance; the stop watcher "
+                                  "books its close")
+            left.add(key)
+            continue
+        if key in keyed or key in left:  # two open rows naming one contract: whose is the broker's quantity?
             result.skipped.append(f"{position.symbol}: two open positions name {key}; not reconciled")
-            keyed.pop(key)
+            keyed.pop(key, None)
+            left.add(key)
             continue
         keyed[key] = position
-    return keyed
+    return keyed, left
 
 
 def _book(account: BrokerAccount, adapter: BrokerAdapter, position: Position, broker_qty: Decimal, *,
