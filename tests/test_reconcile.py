@@ -335,6 +335,50 @@ def test_binance_exit_price_is_not_taken_when_the_app_traded_both_ways(binance, 
     assert "booked closed at the last known price 97234.5: check the real exit price" in execution.reason
 
 
+@pytest.mark.pg
+@pytest.mark.django_db(transaction=True)
+def test_two_reconciles_at_once_book_once(binance, long_btc, monkeypatch):
+    """Two beat rounds overlapping (or two workers): both read the broker and find the position gone, both ask
+    the exit price, then race for the position's lock; the second finds it closed and books nothing."""
+    import threading
+
+    from django.db import connection
+
+    from brokers.services import reconcile as service
+
+    binance_app_order(binance, "SELL", "0.003")
+    both_read = threading.Barrier(2, timeout=30)
+    price = service.exit_price
+
+    def exit_price_when_both_read(*args, **kwargs):
+        found = price(*args, **kwargs)
+        both_read.wait()  # neither has locked the position yet
+        return found
+
+    monkeypatch.setattr(service, "exit_price", exit_price_when_both_read)
+    results, errors = [], []
+
+    def run() -> None:
+        try:
+            results.append(positions_reconcile(BrokerAccount.objects.get(pk=long_btc.pk),
+                                               now=timezone.now() + timedelta(seconds=200)))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+
+    assert errors == []
+    assert sorted(len(r.booked) for r in results) == [0, 1]
+    assert len(reconcile_executions(long_btc)) == 1
+    assert Position.objects.get(account=long_btc, symbol="BTCUSDT").status == Position.Status.CLOSED
+
+
 def test_running_reconcile_twice_books_once(binance, long_btc, reconcile):
     binance_app_order(binance, "SELL", "0.003")
 
@@ -371,6 +415,31 @@ def test_a_position_with_a_close_in_flight_is_left_to_the_close(binance, long_bt
 
     assert result.booked == [] and result.skipped == ["an execution is in flight"]
     assert "BTCUSDT" in open_positions(long_btc)
+
+
+def test_a_close_that_starts_while_reconcile_reads_the_broker_is_found_under_the_lock(binance, long_btc, reconcile,
+                                                                                     monkeypatch):
+    """The account looked idle when reconcile started; by the time it locks the position to book it, a close of that
+    position has started (the customer clicked Close): the booking is left to that close."""
+    from brokers.services import reconcile as service
+
+    binance_app_order(binance, "SELL", "0.003")
+    position = open_positions(long_btc)["BTCUSDT"]
+    held = service._held
+
+    def held_then_close_starts(adapter):
+        found = held(adapter)
+        Execution.objects.create(account=long_btc, kind=Execution.Kind.CLOSE, status=Execution.Status.PLACED,
+                                 intent={"format": "manual", "action": "exit", "symbol": "BTCUSDT",
+                                         "position_id": position.pk})
+        return found
+
+    monkeypatch.setattr(service, "_held", held_then_close_starts)
+    with after_grace():
+        result = reconcile(long_btc)
+
+    assert result.booked == [] and result.skipped == ["BTCUSDT: a close is in flight"]
+    assert "BTCUSDT" in open_positions(long_btc) and reconcile_executions(long_btc) == []
 
 
 def test_one_accounts_broker_error_does_not_stop_another_accounts_reconcile(owner, other, binance, buy,
