@@ -25,6 +25,7 @@ from brokers.services import account_create
 from brokers.services.prices import prices_mark
 from brokers.services.reconcile import positions_reconcile, reconcile_accounts
 from brokers.tasks import instruments_sync_task, positions_reconcile_task
+from tests.concurrency import run_at_once
 from tests.protocol.binance_server import BinanceServer
 from tests.protocol.kite_server import KiteServer, kite_market_at
 
@@ -342,8 +343,6 @@ def test_two_reconciles_at_once_book_once(binance, long_btc, monkeypatch):
     the exit price, then race for the position's lock; the second finds it closed and books nothing."""
     import threading
 
-    from django.db import connection
-
     from brokers.services import reconcile as service
 
     binance_app_order(binance, "SELL", "0.003")
@@ -356,22 +355,11 @@ def test_two_reconciles_at_once_book_once(binance, long_btc, monkeypatch):
         return found
 
     monkeypatch.setattr(service, "exit_price", exit_price_when_both_read)
-    results, errors = [], []
+    def run():
+        return positions_reconcile(BrokerAccount.objects.get(pk=long_btc.pk),
+                                   now=timezone.now() + timedelta(seconds=200))
 
-    def run() -> None:
-        try:
-            results.append(positions_reconcile(BrokerAccount.objects.get(pk=long_btc.pk),
-                                               now=timezone.now() + timedelta(seconds=200)))
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=run) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    results, errors = run_at_once([run, run])
 
     assert errors == []
     assert sorted(len(r.booked) for r in results) == [0, 1]

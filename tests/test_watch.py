@@ -7,12 +7,10 @@ Pure decisions are property-tested; the watcher runs against the paper broker, t
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from decimal import Decimal
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 from hypothesis import given
 from hypothesis import strategies as st
@@ -29,6 +27,7 @@ from brokers.services.watch import (
 )
 from brokers.tasks import stops_watch_task
 from tests import factories
+from tests.concurrency import run_at_once
 from webhooks.formats import parse_account_payload
 from webhooks.models import Signal
 
@@ -250,23 +249,7 @@ def test_two_watchers_at_the_same_moment_close_a_position_once(owner):
     account, _ = factories.paper_account(owner=owner)
     position = long_btc(account)
     quote_set(broker="paper", symbol="BTCUSDT", price=D("94"))
-    barrier = threading.Barrier(2)
-    errors: list[BaseException] = []
-
-    def watcher():
-        try:
-            barrier.wait()
-            stops_watch()
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            connection.close()
-
-    threads = [threading.Thread(target=watcher) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(30)
+    _, errors = run_at_once([stops_watch, stops_watch])
 
     assert errors == []
     [close] = closes(account)
