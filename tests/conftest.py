@@ -96,3 +96,18 @@ def binance(settings):
         point_settings_at(settings, server)
         settings.BINANCE_RETRY_MAX_SLEEP = 0.01
         yield server
+
+
+@pytest.fixture
+def kite_pointed(settings):
+    """A local Kite server with TradeFlow's Kite calls pointed at it (the connect page and API tests)."""
+    from tests.protocol.kite_server import KiteServer
+
+    with KiteServer() as server:
+        settings.KITE_API_ROOT = server.url
+        yield server
+
+
+@pytest.fixture
+def live_enabled(settings):
+    settings.LIVE_TRADING_ENABLED = True

@@ -19,23 +19,12 @@ from brokers.adapters.binance import HEDGE_MODE_REFUSAL
 from brokers.models import AccountApiKey, BrokerAccount, Execution, Order
 from brokers.services import api_key_authenticate
 from tests import factories
-from tests.protocol.kite_server import KiteServer
+from tests.protocol.kite_server import LOGIN_PAGE, KiteServer
 
 pytestmark = [pytest.mark.django_db, pytest.mark.slow]
 URL = "/api/v1/accounts/"
-LOGIN_PAGE = "https://kite.zerodha.com/connect/login?api_key=kitetestkey&v=3"
 
 
-@pytest.fixture
-def kite_server(settings):
-    with KiteServer() as server:
-        settings.KITE_API_ROOT = server.url
-        yield server
-
-
-@pytest.fixture
-def live_enabled(settings):
-    settings.LIVE_TRADING_ENABLED = True
 
 
 @pytest.fixture
@@ -148,12 +137,12 @@ def test_binance_key_without_ip_whitelist_connects_with_the_warning(api, owner, 
     assert BrokerAccount.objects.get(owner=owner).options == {"market": "spot", "testnet": False}  # no spot leverage
 
 
-def test_plan_limit_is_the_plans_message_before_asking_the_broker(api, owner, binance, kite_server):
+def test_plan_limit_is_the_plans_message_before_asking_the_broker(api, owner, binance, kite_pointed):
     factories.kite_account(owner=owner)
     error = assert_refused(api("post", URL, binance_body(binance.api_key, binance.api_secret)), 422, "plan_limit")
     assert error["message"] == "Your Trial plan allows 1 broker; Pro allows 2. Upgrade to add more."
     assert binance.log == []  # refused before the key went anywhere
-    error = assert_refused(api("post", URL, kite_body(kite_server, label="Second")), 422, "plan_limit")
+    error = assert_refused(api("post", URL, kite_body(kite_pointed, label="Second")), 422, "plan_limit")
     assert error["message"] == "Your Trial plan allows 1 account per broker; Pro allows 2. Upgrade to add more."
     assert BrokerAccount.objects.filter(owner=owner).count() == 1
     assert api("post", URL, {"label": "Paper is free"}).status_code == 201  # paper accounts are never limited
@@ -169,9 +158,9 @@ def test_live_mode_is_refused_when_the_server_does_not_allow_it(api, owner, bina
 
 # --- Kite ----------------------------------------------------------------------------------------------------
 
-def test_kite_connect_answers_the_login_url_and_the_web_callback_finishes_it(api, client, owner, kite_server,
+def test_kite_connect_answers_the_login_url_and_the_web_callback_finishes_it(api, client, owner, kite_pointed,
                                                                           live_enabled, settings):
-    response = api("post", URL, kite_body(kite_server, mode="live"))
+    response = api("post", URL, kite_body(kite_pointed, mode="live"))
 
     assert response.status_code == 201, response.content
     body = response.json()
@@ -179,7 +168,7 @@ def test_kite_connect_answers_the_login_url_and_the_web_callback_finishes_it(api
     assert (account.broker, account.mode, account.status) == ("kite", "live", "login_needed")
     assert body["account"]["status"] == "login_needed" and "Log in to Kite" in body["account"]["status_message"]
     assert body["kite_redirect_url"] == settings.PUBLIC_URL + "/brokers/kite/callback/"
-    assert body["kite_login_url"].startswith(LOGIN_PAGE) and kite_server.requests == []
+    assert body["kite_login_url"].startswith(LOGIN_PAGE) and kite_pointed.requests == []
     assert api("get", f"{URL}{account.pk}/").json()["status"] == "login_needed"
 
     # The customer's program opens the URL; Kite sends the browser back to the web callback with the state.
@@ -187,12 +176,12 @@ def test_kite_connect_answers_the_login_url_and_the_web_callback_finishes_it(api
     state = parse_qs(redirect_params)["state"][0]
     client.force_login(owner)
     done = client.get("/brokers/kite/callback/", {"status": "success", "state": state,
-                                                  "request_token": kite_server.issue_request_token()})
+                                                  "request_token": kite_pointed.issue_request_token()})
     assert done.status_code == 302
     assert api("get", f"{URL}{account.pk}/").json()["status"] == "active"
 
 
-def test_kite_fresh_login_url_for_the_daily_login(api, owner, kite_server, paper):
+def test_kite_fresh_login_url_for_the_daily_login(api, owner, kite_pointed, paper):
     account = factories.kite_account(owner=owner, status="login_needed")
     response = api("post", f"{URL}{account.pk}/kite-login/")
     assert response.status_code == 200
@@ -201,17 +190,17 @@ def test_kite_fresh_login_url_for_the_daily_login(api, owner, kite_server, paper
     assert_refused(api("post", f"{URL}{paper_account.pk}/kite-login/"), 409, "not_kite")
 
 
-def test_another_customers_kite_login_state_is_useless_to_them(api, client, owner, other, kite_server):
-    body = api("post", URL, kite_body(kite_server)).json()
+def test_another_customers_kite_login_state_is_useless_to_them(api, client, owner, other, kite_pointed):
+    body = api("post", URL, kite_body(kite_pointed)).json()
     state = parse_qs(parse_qs(urlsplit(body["kite_login_url"]).query)["redirect_params"][0])["state"][0]
     other_token = api_token_create(owner=other, name="theirs").raw
     assert api("get", f"{URL}{body['account']['id']}/", token_=other_token).status_code == 404
     assert api("post", f"{URL}{body['account']['id']}/kite-login/", token_=other_token).status_code == 404
     client.force_login(other)
     returned = client.get("/brokers/kite/callback/", {"status": "success", "state": state,
-                                                      "request_token": kite_server.issue_request_token()})
+                                                      "request_token": kite_pointed.issue_request_token()})
     assert returned.status_code == 404
-    assert kite_server.requests_to("/session/token", "POST") == []
+    assert kite_pointed.requests_to("/session/token", "POST") == []
 
 
 # --- scope, validation, secrecy ------------------------------------------------------------------------------
@@ -239,7 +228,7 @@ def test_invalid_input_names_the_fields(api, owner):
     assert not BrokerAccount.objects.filter(owner=owner).exists()
 
 
-def test_credentials_are_never_in_any_answer(api, owner, binance, kite_server):
+def test_credentials_are_never_in_any_answer(api, owner, binance, kite_pointed):
     billing = billing_account_get(user=owner)  # on Pro: two brokers
     billing.plan, billing.status = Plan.objects.get(slug="pro"), BillingAccount.Status.ACTIVE
     billing.save()
@@ -247,7 +236,7 @@ def test_credentials_are_never_in_any_answer(api, owner, binance, kite_server):
     refused = api("post", URL, binance_body(key, "0" * 64, testnet=True))
     connected = api("post", URL, binance_body(key, secret, testnet=True))
     assert (refused.status_code, connected.status_code) == (422, 201)
-    kite = api("post", URL, kite_body(kite_server, api_key="kiteKEY9876abcd", api_secret="kiteSECRETzz9",
+    kite = api("post", URL, kite_body(kite_pointed, api_key="kiteKEY9876abcd", api_secret="kiteSECRETzz9",
                                       proxy="socks5://u:SOCKSpw@198.51.100.2:1080"))
     assert kite.status_code == 201, kite.content  # paper mode: no login needed to trade, the URL is offered anyway
     ids = [connected.json()["account"]["id"], kite.json()["account"]["id"]]

@@ -20,23 +20,12 @@ from accounts.models import AuditLog
 from brokers.models import AccountApiKey, BrokerAccount
 from brokers.services import connect
 from tests import factories
-from tests.protocol.kite_server import KiteServer
+from tests.protocol.kite_server import LOGIN_PAGE, KiteServer
 
 pytestmark = pytest.mark.slow
 CALLBACK = "/brokers/kite/callback/"
-LOGIN_PAGE = "https://kite.zerodha.com/connect/login?api_key=kitetestkey&v=3"
 
 
-@pytest.fixture
-def kite_server(settings):
-    with KiteServer() as server:
-        settings.KITE_API_ROOT = server.url
-        yield server
-
-
-@pytest.fixture
-def live_enabled(settings):
-    settings.LIVE_TRADING_ENABLED = True
 
 
 def kite_form(server: KiteServer, **overrides) -> dict:
@@ -84,8 +73,8 @@ def account_pages(client, account: BrokerAccount) -> dict[str, str]:
 
 # --- Zerodha Kite: the connect flow ---------------------------------------------------------------------------
 
-def test_kite_connect_full_flow(owner_client, owner, kite_server, live_enabled):
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server, mode="live"))
+def test_kite_connect_full_flow(owner_client, owner, kite_pointed, live_enabled):
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed, mode="live"))
 
     assert response.status_code == 302
     assert response["Location"].startswith(LOGIN_PAGE)
@@ -93,49 +82,49 @@ def test_kite_connect_full_flow(owner_client, owner, kite_server, live_enabled):
     account = BrokerAccount.objects.get(owner=owner)
     assert (account.broker, account.mode, account.status, account.currency) == ("kite", "live", "login_needed", "INR")
     assert account.options == {"product": "MIS", "expiry_rule": "nearest_monthly"}
-    assert account.api_secret == kite_server.api_secret and account.access_token == ""
-    assert kite_server.api_secret not in raw_columns(account.pk)[1]
-    assert kite_server.requests == []  # nothing is sent to Kite before the customer logs in there
+    assert account.api_secret == kite_pointed.api_secret and account.access_token == ""
+    assert kite_pointed.api_secret not in raw_columns(account.pk)[1]
+    assert kite_pointed.requests == []  # nothing is sent to Kite before the customer logs in there
 
-    response = kite_return(owner_client, state, kite_server.issue_request_token())
+    response = kite_return(owner_client, state, kite_pointed.issue_request_token())
 
     assert response.status_code == 302 and response.url == reverse("broker-account", args=[account.pk])
     account.refresh_from_db()
     assert (account.status, account.status_message) == ("active", "")
     token = account.access_token
-    assert token and kite_server._tokens[token] == kite_server.api_key  # the token Kite issued, and it works
+    assert token and kite_pointed._tokens[token] == kite_pointed.api_key  # the token Kite issued, and it works
     assert token not in raw_columns(account.pk)[2]
     assert account.options["user_id"] == "AB1234" and account.options["logged_in_at"]
     page = text(owner_client.get(response.url))
     assert "Logged in to Kite" in page and "Kite user AB1234" in page
     assert "only time the full key is shown" in page  # the webhook key, once, after the round trip
     assert 'data-testid="kite-login"' not in page
-    assert kite_server.api_secret not in page and token not in page
+    assert kite_pointed.api_secret not in page and token not in page
     assert AuditLog.objects.filter(user=owner, action="account.kite_login").count() == 1
 
 
-def test_kite_connect_page_tells_the_redirect_url_to_register(owner_client, kite_server, settings):
+def test_kite_connect_page_tells_the_redirect_url_to_register(owner_client, kite_pointed, settings):
     page = text(owner_client.get(reverse("broker-connect-kite")))
     assert f'data-testid="kite-redirect-url">{settings.PUBLIC_URL}{CALLBACK}<' in page
     assert "static IP" in page
 
 
-def test_kite_outbound_proxy_is_used_for_the_session_exchange(owner_client, owner, kite_server):
-    proxy = kite_server.url  # the local server also answers proxy-style absolute requests
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server, proxy=proxy))
+def test_kite_outbound_proxy_is_used_for_the_session_exchange(owner_client, owner, kite_pointed):
+    proxy = kite_pointed.url  # the local server also answers proxy-style absolute requests
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed, proxy=proxy))
     account = BrokerAccount.objects.get(owner=owner)
     assert account.options["proxy"] == proxy and account.status == "active"  # paper mode trades without Kite
 
-    kite_return(owner_client, login_state(response["Location"]), kite_server.issue_request_token())
+    kite_return(owner_client, login_state(response["Location"]), kite_pointed.issue_request_token())
 
-    [exchange] = kite_server.requests_to("/session/token", "POST")
+    [exchange] = kite_pointed.requests_to("/session/token", "POST")
     assert exchange.proxied
     account.refresh_from_db()
     assert account.access_token
 
 
-def test_kite_error_on_a_bad_request_token_is_shown(owner_client, owner, kite_server, live_enabled):
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server, mode="live"))
+def test_kite_error_on_a_bad_request_token_is_shown(owner_client, owner, kite_pointed, live_enabled):
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed, mode="live"))
     account = BrokerAccount.objects.get(owner=owner)
 
     response = kite_return(owner_client, login_state(response["Location"]), "not-a-token")
@@ -148,73 +137,73 @@ def test_kite_error_on_a_bad_request_token_is_shown(owner_client, owner, kite_se
     assert (account.status, account.access_token) == ("login_needed", "")
 
 
-def test_kite_wrong_api_secret_is_kites_checksum_error(owner_client, owner, kite_server):
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server, api_secret="wrongsecret"))
-    response = kite_return(owner_client, login_state(response["Location"]), kite_server.issue_request_token())
+def test_kite_wrong_api_secret_is_kites_checksum_error(owner_client, owner, kite_pointed):
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed, api_secret="wrongsecret"))
+    response = kite_return(owner_client, login_state(response["Location"]), kite_pointed.issue_request_token())
     assert "Invalid checksum" in text(owner_client.get(response.url))
     assert BrokerAccount.objects.get(owner=owner).access_token == ""
 
 
-def test_kite_cancelled_login_is_explained(owner_client, owner, kite_server):
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server))
+def test_kite_cancelled_login_is_explained(owner_client, owner, kite_pointed):
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed))
     response = kite_return(owner_client, login_state(response["Location"]), "", status="cancelled")
     assert "Kite did not complete the login (status: cancelled)" in text(owner_client.get(response.url))
-    assert kite_server.requests == []
+    assert kite_pointed.requests == []
 
 
 @pytest.fixture
-def pending_login(owner_client, owner, kite_server, live_enabled):
+def pending_login(owner_client, owner, kite_pointed, live_enabled):
     """A live Kite account waiting for its login, and the state Kite would hand back."""
-    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_server, mode="live"))
+    response = owner_client.post(reverse("broker-connect-kite"), kite_form(kite_pointed, mode="live"))
     return BrokerAccount.objects.get(owner=owner), login_state(response["Location"])
 
 
-def assert_unchanged(account: BrokerAccount, kite_server: KiteServer) -> None:
+def assert_unchanged(account: BrokerAccount, kite_pointed: KiteServer) -> None:
     account.refresh_from_db()
     assert (account.status, account.access_token) == ("login_needed", "")
-    assert kite_server.requests_to("/session/token", "POST") == []
+    assert kite_pointed.requests_to("/session/token", "POST") == []
 
 
-def test_callback_with_a_tampered_state_is_refused(owner_client, pending_login, kite_server):
+def test_callback_with_a_tampered_state_is_refused(owner_client, pending_login, kite_pointed):
     account, state = pending_login
     tampered = state[:-1] + ("A" if state[-1] != "A" else "B")
-    response = kite_return(owner_client, tampered, kite_server.issue_request_token())
+    response = kite_return(owner_client, tampered, kite_pointed.issue_request_token())
     assert response.status_code == 400
     assert "not issued by TradeFlow or was altered" in text(response)
-    assert kite_return(owner_client, "", kite_server.issue_request_token()).status_code == 400
-    assert_unchanged(account, kite_server)
+    assert kite_return(owner_client, "", kite_pointed.issue_request_token()).status_code == 400
+    assert_unchanged(account, kite_pointed)
 
 
-def test_callback_with_a_state_signed_for_something_else_is_refused(owner_client, owner, pending_login, kite_server):
+def test_callback_with_a_state_signed_for_something_else_is_refused(owner_client, owner, pending_login, kite_pointed):
     account, _ = pending_login
     other_salt = signing.dumps({"account": account.pk, "user": owner.pk}, salt="another-purpose")
-    assert kite_return(owner_client, other_salt, kite_server.issue_request_token()).status_code == 400
-    assert_unchanged(account, kite_server)
+    assert kite_return(owner_client, other_salt, kite_pointed.issue_request_token()).status_code == 400
+    assert_unchanged(account, kite_pointed)
 
 
-def test_callback_with_an_expired_state_is_refused(owner_client, pending_login, kite_server):
+def test_callback_with_an_expired_state_is_refused(owner_client, pending_login, kite_pointed):
     account, state = pending_login
     with time_machine.travel(timezone.now() + timedelta(seconds=connect.KITE_STATE_MAX_AGE + 60)):
-        response = kite_return(owner_client, state, kite_server.issue_request_token())
+        response = kite_return(owner_client, state, kite_pointed.issue_request_token())
     assert response.status_code == 400 and "has expired" in text(response)
-    assert_unchanged(account, kite_server)
+    assert_unchanged(account, kite_pointed)
 
 
-def test_callback_for_another_customers_account_is_404(client, other, pending_login, kite_server):
+def test_callback_for_another_customers_account_is_404(client, other, pending_login, kite_pointed):
     account, state = pending_login
     client.force_login(other)
-    assert kite_return(client, state, kite_server.issue_request_token()).status_code == 404
-    assert_unchanged(account, kite_server)
+    assert kite_return(client, state, kite_pointed.issue_request_token()).status_code == 404
+    assert_unchanged(account, kite_pointed)
 
 
-def test_callback_state_naming_a_non_kite_account_is_404(owner_client, owner, paper, kite_server):
+def test_callback_state_naming_a_non_kite_account_is_404(owner_client, owner, paper, kite_pointed):
     account, _ = paper
     state = signing.dumps({"account": account.pk, "user": owner.pk}, salt=connect.KITE_STATE_SALT)
-    assert kite_return(owner_client, state, kite_server.issue_request_token()).status_code == 404
-    assert kite_server.requests == []
+    assert kite_return(owner_client, state, kite_pointed.issue_request_token()).status_code == 404
+    assert kite_pointed.requests == []
 
 
-def test_callback_needs_login(client, pending_login, kite_server):
+def test_callback_needs_login(client, pending_login, kite_pointed):
     _, state = pending_login
     client.logout()
     response = kite_return(client, state, "tok")
@@ -223,8 +212,8 @@ def test_callback_needs_login(client, pending_login, kite_server):
 
 # --- Zerodha Kite: the daily re-login -------------------------------------------------------------------------
 
-def test_login_needed_account_shows_the_relogin_button(owner_client, owner, kite_server):
-    account = factories.kite_account(owner=owner, access_token=kite_server.grant_access_token(),
+def test_login_needed_account_shows_the_relogin_button(owner_client, owner, kite_pointed):
+    account = factories.kite_account(owner=owner, access_token=kite_pointed.grant_access_token(),
                                      status="login_needed", status_message="Broker login needed: token expired")
     page = text(owner_client.get(reverse("broker-account", args=[account.pk])))
     assert 'data-testid="kite-login"' in page and reverse("broker-kite-login", args=[account.pk]) in page
@@ -232,13 +221,13 @@ def test_login_needed_account_shows_the_relogin_button(owner_client, owner, kite
 
     response = owner_client.get(reverse("broker-kite-login", args=[account.pk]))
     assert response.status_code == 302 and response["Location"].startswith(LOGIN_PAGE)
-    kite_return(owner_client, login_state(response["Location"]), kite_server.issue_request_token())
+    kite_return(owner_client, login_state(response["Location"]), kite_pointed.issue_request_token())
     account.refresh_from_db()
     assert account.status == "active"
     assert 'data-testid="kite-login"' not in text(owner_client.get(reverse("broker-account", args=[account.pk])))
 
 
-def test_a_session_from_yesterday_shows_the_relogin_button(owner_client, owner, kite_server):
+def test_a_session_from_yesterday_shows_the_relogin_button(owner_client, owner, kite_pointed):
     yesterday = (timezone.localdate(timezone=connect.IST) - timedelta(days=1)).isoformat()
     account = factories.kite_account(owner=owner, access_token="tok", options={"session_date": yesterday})
     page = text(owner_client.get(reverse("broker-account", args=[account.pk])))
@@ -386,19 +375,19 @@ def test_binance_switch_from_testnet_to_live_rechecks_the_key(owner_client, owne
     assert account.options == {"market": "futures", "testnet": True, "leverage": 20}
 
 
-def test_kite_replace_credentials_ends_the_session_and_sends_to_kite(owner_client, owner, kite_server):
+def test_kite_replace_credentials_ends_the_session_and_sends_to_kite(owner_client, owner, kite_pointed):
     account = factories.kite_account(owner=owner, api_key="oldkey1234", api_secret="oldsecret",
-                                     access_token=kite_server.grant_access_token())
+                                     access_token=kite_pointed.grant_access_token())
     url = reverse("broker-account-credentials", args=[account.pk])
     assert "oldsecret" not in text(owner_client.get(url)) and "oldkey1234" not in text(owner_client.get(url))
 
-    response = owner_client.post(url, {"api_key": kite_server.api_key, "api_secret": kite_server.api_secret})
+    response = owner_client.post(url, {"api_key": kite_pointed.api_key, "api_secret": kite_pointed.api_secret})
 
     assert response.status_code == 302 and response["Location"].startswith(LOGIN_PAGE)
     account.refresh_from_db()
     assert (account.api_key, account.api_secret, account.access_token, account.status) == (
-        kite_server.api_key, kite_server.api_secret, "", "login_needed")
-    kite_return(owner_client, login_state(response["Location"]), kite_server.issue_request_token())
+        kite_pointed.api_key, kite_pointed.api_secret, "", "login_needed")
+    kite_return(owner_client, login_state(response["Location"]), kite_pointed.issue_request_token())
     account.refresh_from_db()
     assert account.status == "active" and account.access_token
 

@@ -50,6 +50,9 @@ MARKET_DATE = date(2025, 12, 24)  # the simulated exchange's "today" (a Wednesda
 
 # --- test data: instruments as Kite lists them --------------------------------------------------------
 
+LOGIN_PAGE = "https://kite.zerodha.com/connect/login?api_key=kitetestkey&v=3"  # its login page, as Kite's
+
+
 def tuesdays(start: date, end: date) -> list[date]:
     day = start + timedelta(days=(1 - start.weekday()) % 7)
     out = []
