@@ -62,10 +62,16 @@ def bot_with(name, accounts):
     return {{"path": bot.webhook_path, "secret": secret, "id": bot.pk}}
 users = User.objects.bulk_create([User(email=f"sub{{i}}@bench.local", password="!") for i in range(len(keys))])
 TradingSettings.objects.bulk_create([TradingSettings(user=u) for u in users])
-accounts = BrokerAccount.objects.bulk_create([
-    BrokerAccount(owner=u, label=f"Binance {{i}}", broker="binance", mode="live", currency="USDT",
-                  api_key=k["key"], api_secret=k["secret"], options={{"market": "futures"}})
-    for i, (u, k) in enumerate(zip(users, keys))])
+if {paper}:  # paper-mode accounts of the bot's broker: the built-in paper broker fills them
+    accounts = BrokerAccount.objects.bulk_create([
+        BrokerAccount(owner=u, label=f"Paper {{i}}", broker="binance", mode="paper", currency="USDT",
+                      paper_capital=Decimal("100000"), balance=Decimal("100000"), equity=Decimal("100000"))
+        for i, u in enumerate(users)])
+else:
+    accounts = BrokerAccount.objects.bulk_create([
+        BrokerAccount(owner=u, label=f"Binance {{i}}", broker="binance", mode="live", currency="USDT",
+                      api_key=k["key"], api_secret=k["secret"], options={{"market": "futures"}})
+        for i, (u, k) in enumerate(zip(users, keys))])
 warm, n = {warm}, len(accounts) - {warm}
 setup = {{"warm": bot_with("Warm-up", accounts[n:]), "bot": bot_with("Bench", accounts[:n])}}
 print("BENCH_SETUP " + json.dumps(setup))
@@ -240,9 +246,13 @@ def main() -> int:  # noqa: PLR0915 - one linear script
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--warm-subscribers", type=int, default=100)
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every Binance call")
-    parser.add_argument("--workers", type=int, default=2, help="Celery worker processes")
-    parser.add_argument("--pool", default="threads")
-    parser.add_argument("--concurrency", type=int, default=40, help="per worker process")
+    parser.add_argument("--broker", choices=("binance", "paper"), default="binance",
+                        help="subscribers on the local Binance (default) or on paper accounts")
+    parser.add_argument("--workers", type=int, default=1, help="Celery worker processes")
+    parser.add_argument("--pool", default="prefork")
+    parser.add_argument("--concurrency", type=int, default=2, help="per worker process")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="BOT_BATCH_SIZE (subscribers per batch task; 0: one task per subscriber)")
     parser.add_argument("--redis-db", type=int, default=12)
     parser.add_argument("--max-seconds", type=int, default=300)
     args = parser.parse_args()
@@ -295,6 +305,9 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                 ("BINANCE_TESTNET_API_URL", "/api"), ("BINANCE_TESTNET_FUTURES_URL", "/fapi"))},
         })
         env.pop("TASKS_IN_THREAD", None)
+        if args.batch_size is not None:
+            env["BOT_BATCH_SIZE"] = str(args.batch_size)
+        paper = args.broker == "paper"
         log(f"resetting database {DB_NAME} and Redis db {args.redis_db}; migrate")
         reset_stores(redis_url)
         run_checked([PY, "manage.py", "migrate", "--noinput", "-v0"], env, timeout=180)
@@ -302,7 +315,7 @@ def main() -> int:  # noqa: PLR0915 - one linear script
         with tempfile.NamedTemporaryFile("w", suffix=".json", dir=run_dir, delete=False) as fh:
             json.dump(keys, fh)
         out = run_checked([PY, "manage.py", "shell", "-c", SETUP_SCRIPT.format(keys_file=fh.name,
-                           warm=args.warm_subscribers)], env, timeout=300)
+                           warm=args.warm_subscribers, paper=paper)], env, timeout=300)
         Path(fh.name).unlink()
         bots = json.loads(next(x for x in out.splitlines() if x.startswith("BENCH_SETUP ")).split(" ", 1)[1])
 
@@ -352,14 +365,22 @@ def main() -> int:  # noqa: PLR0915 - one linear script
                         WHERE e.signal_id = %s""", body["signal_id"])
         counters = query("SELECT total_subscribers, successful, failed, rejected FROM webhooks_signal "
                          "WHERE id = %s", body["signal_id"])[0]
-        orders = [r for r in server.calls(ORDER, "POST") if r.status == 200]
-        per_client_id = Counter(r.params.get("newClientOrderId") for r in orders)
+        if paper:  # the paper broker's own book: one row per order it filled
+            orders = [r[0] for r in query("SELECT p.client_order_id FROM brokers_paperorder p JOIN brokers_order o "
+                                          "ON o.client_order_id = p.client_order_id AND o.leg = 'main' JOIN "
+                                          "brokers_execution e ON e.id = o.execution_id WHERE e.signal_id = %s",
+                                          body["signal_id"])]
+            per_client_id = Counter(orders)
+        else:
+            orders = [r for r in server.calls(ORDER, "POST") if r.status == 200]
+            per_client_id = Counter(r.params.get("newClientOrderId") for r in orders)
         latencies = [float(r[2]) for r in rows if r[2] is not None]
         received = float(rows[0][4]) if rows else sent
         last_ack = max(latencies) if latencies else None
         res = {
             "started": started.isoformat(timespec="seconds"), "run_dir": str(run_dir.relative_to(ROOT)),
-            "setup": {"subscribers": args.subscribers, "latency_ms_per_call": args.latency_ms,
+            "setup": {"subscribers": args.subscribers, "broker": args.broker, "batch_size": args.batch_size,
+                      "latency_ms_per_call": None if paper else args.latency_ms,
                       "workers": args.workers, "pool": args.pool, "concurrency": args.concurrency,
                       "celery_cmds": celery_cmds, "cpus": os.cpu_count(), "load_before": load},
             "webhook": {"status": status, "answer_ms": round(ack_ms, 2), "body": body},
@@ -399,8 +420,12 @@ def main() -> int:  # noqa: PLR0915 - one linear script
 def report(res: dict) -> None:
     lat, srv = res["latency_ms"], res["server"]
     print("=" * 100)
-    print(f"Bot fan-out: {res['setup']['subscribers']} subscribers, {res['setup']['latency_ms_per_call']:.0f} ms per "
-          f"Binance call, {res['setup']['workers']} × celery --pool {res['setup']['pool']} "
+    setup = res["setup"]
+    where = ("paper accounts" if setup["broker"] == "paper"
+             else f"the local Binance, {setup['latency_ms_per_call']:.0f} ms per call")
+    print(f"Bot fan-out: {setup['subscribers']} subscribers on {where}, batch size "
+          f"{setup['batch_size'] if setup['batch_size'] is not None else 'default'}, "
+          f"{res['setup']['workers']} × celery --pool {res['setup']['pool']} "
           f"--concurrency {res['setup']['concurrency']}, {res['setup']['cpus']} CPUs "
           f"(load {res['setup']['load_before']})")
     print(f"  webhook answer                         {res['webhook']['status']} in {res['webhook']['answer_ms']} ms, "
@@ -410,7 +435,7 @@ def report(res: dict) -> None:
           f"max {lat['max']} ms (n={lat['n']})")
     print(f"  first execution started after          {res['first_start_ms']} ms")
     print(f"  all executions finished (with SL/TP)   {res['all_finished_s']} s")
-    print(f"  Binance server: main orders {srv['main_orders']} (distinct client ids {srv['distinct_client_ids']}, "
+    print(f"  {'paper book' if setup['broker'] == 'paper' else 'Binance server'}: main orders {srv['main_orders']} (distinct client ids {srv['distinct_client_ids']}, "
           f"duplicated {srv['duplicated_client_ids']}), SL/TP algo orders {srv['algo_orders']}, "
           f"requests {srv['requests']}, errors {srv['errors']}")
     print(f"  executions {res['statuses']}   signal counters {res['signal_counters']}")

@@ -106,6 +106,41 @@ def entry_block_reason(*, user, now: datetime) -> str | None:
     return _block_reason(billing_account_get(user=user), user=user, now=now)
 
 
+def entry_block_reasons(*, users, now: datetime) -> dict[int, str | None]:
+    """``entry_block_reason`` for many users at once (a bot signal's subscribers): the billing records in one query
+    and the trades of every limited allowance in one grouped count, instead of two queries per user."""
+    from django.db.models import Case, Count, F, Value, When
+
+    from brokers.models import Execution
+
+    by_id = {user.pk: user for user in users}
+    accounts = {a.user_id: a for a in BillingAccount.objects.select_related("plan").filter(user_id__in=list(by_id))}
+    for uid in by_id.keys() - accounts.keys():  # no billing record yet (created on the first look, as one by one)
+        accounts[uid] = billing_account_get(user=by_id[uid])
+    trial, paid = [], []  # the users whose allowance is limited: the trial, or a paid plan with a monthly count
+    for uid, account in accounts.items():
+        if not is_paid(account, now):
+            trial.append(uid)
+        elif account.plan.trades_per_month is not None:
+            paid.append(uid)
+    used: dict[int, int] = {}
+    if trial or paid:
+        # Each user's allowance starts at their trial's start, or at this month's start on a paid plan.
+        month = Value(month_start(now))
+        trial_start = F("account__owner__billing__trial_started_at")
+        since = (month if not trial else trial_start if not paid
+                 else Case(When(account__owner_id__in=paid, then=month), default=trial_start))
+        rows = (Execution.objects.filter(account__owner_id__in=trial + paid, kind=Execution.Kind.SIGNAL,
+                                         status=Execution.Status.FILLED, intent__action="entry")
+                .annotate(since=since).filter(created_at__gte=F("since"))
+                .values("account__owner_id").annotate(n=Count("pk")))
+        used = {row["account__owner_id"]: row["n"] for row in rows}
+    limited = set(trial) | set(paid)
+    return {uid: _block_reason(account, user=by_id[uid], now=now,
+                               used=used.get(uid, 0) if uid in limited else None)
+            for uid, account in accounts.items()}
+
+
 def _block_reason(account: BillingAccount, *, user, now: datetime, used: int | None = None) -> str | None:
     """``used``: the trades of the current allowance (trial or month) when the caller already counted them."""
     if is_paid(account, now):

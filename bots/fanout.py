@@ -10,7 +10,6 @@ so the record shows what was traded and why, and planning needs no further looku
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 
@@ -20,6 +19,7 @@ from django.db import transaction
 from bots.models import Subscription
 from bots.services import effective_config, receiving_statuses
 from brokers.models import Execution
+from tradeflow.queue import send_many
 from webhooks.models import Signal
 
 log = logging.getLogger(__name__)
@@ -68,22 +68,15 @@ def bot_signal_fan_out(*, signal_id: str) -> list[int]:
 
 
 def executions_dispatch(execution_ids: list[int]) -> None:
-    """Hand each execution to its own Celery task: they run in parallel on the workers' pool, each retried
-    and failed on its own, so one subscriber's broker trouble neither delays nor fails the others."""
-    from brokers.tasks import execution_run_task
+    """Hand the executions to Celery. In batches of ``BOT_BATCH_SIZE`` (``brokers.services.batch``: each batch one
+    task, the batches in parallel on the workers' pool, a broker's calls concurrent within a batch), or with a batch
+    size of 0 each execution as its own task. Either way each subscriber is retried and failed on its own, so one
+    subscriber's broker trouble neither delays nor fails the others."""
+    from brokers.tasks import executions_batch_task, executions_enqueue
 
-    if not execution_ids:
+    size = settings.BOT_BATCH_SIZE
+    if size <= 0:
+        executions_enqueue(execution_ids)
         return
-    if execution_run_task.app.conf.task_always_eager:
-        for pk in execution_ids:  # embedded mode and tests: in turn, an error in one kept from the rest
-            execution_run_task.apply(args=(pk,), throw=False)
-        return
-    queue = settings.BOT_EXECUTION_QUEUE or None
-    with execution_run_task.app.producer_or_acquire() as producer:  # one connection for the whole batch
-        # One pipelined round trip per 500 messages (kombu ≥ 5.7 on Redis; elsewhere one by one). Sent one at a
-        # time, this thread waited for the GIL after every send behind the workers' busy threads, and the last
-        # subscribers' tasks reached the queue seconds late.
-        batch = producer.batch(max_size=500) if hasattr(producer, "batch") else contextlib.nullcontext()
-        with batch:
-            for pk in execution_ids:
-                execution_run_task.apply_async((pk,), producer=producer, queue=queue)
+    batches = [(execution_ids[n:n + size],) for n in range(0, len(execution_ids), size)]
+    send_many(executions_batch_task, batches, queue=settings.BOT_EXECUTION_QUEUE or None)

@@ -69,8 +69,12 @@ def num(value) -> str | None:
 def publish_positions_on_commit(owner_id: int, positions) -> None:
     """After the fill's transaction commits (a rolled-back fill must never reach a screen), push the rows
     as they are now: the state is captured here, so a later change cannot leak into this event."""
-    events = [position_event(p) for p in positions]
-    transaction.on_commit(lambda: [publish(owner_id, event) for event in events])
+    publish_on_commit([(owner_id, position_event(p)) for p in positions])
+
+
+def publish_on_commit(events: list[tuple[int, dict]]) -> None:
+    """``publish_many`` once the current transaction commits (never for a rolled-back change)."""
+    transaction.on_commit(lambda: publish_many(events))
 
 
 _loops: dict[int, asyncio.AbstractEventLoop] = {}
@@ -98,27 +102,36 @@ def _publisher_loop() -> asyncio.AbstractEventLoop:
     return loop
 
 
-async def _send(layer, user_id: int, message: dict) -> None:
-    await layer.group_send(user_group(user_id), message)
-    await layer.group_send(ADMINS_GROUP, message)
+def _deliver(layer, func, *args, timeout: float) -> None:
+    """Run ``func(layer, *args)`` (a coroutine function) on the loop that publishes from this thread."""
+    loop = getattr(_local, "loop", None)
+    if loop is None and not isinstance(layer, InMemoryChannelLayer):  # the in-memory layer: asgiref finds its loop
+        loop = _publisher_loop()
+    if loop is not None:
+        asyncio.run_coroutine_threadsafe(func(layer, *args), loop).result(timeout=timeout)
+    else:
+        async_to_sync(func)(layer, *args)
 
 
 def publish(user_id: int, event: dict) -> None:
     """Best effort: a dashboard that misses an event reloads its snapshot; trading must not wait on it."""
+    publish_many([(user_id, event)])
+
+
+def publish_many(events: list[tuple[int, dict]]) -> None:
+    """``publish`` for many (user id, event) pairs in one hand-off to the publishing loop, sent concurrently (a batch
+    of bot subscribers: one wait instead of one per event)."""
     layer = get_channel_layer()
-    if layer is None:
+    if layer is None or not events:
         return
-    message = {"type": "live.event", "event": event}
+    messages = []
+    for user_id, event in events:
+        message = {"type": "live.event", "event": event}
+        messages += [(user_group(user_id), message), (ADMINS_GROUP, message)]
     try:
-        loop = getattr(_local, "loop", None)
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(_send(layer, user_id, message), loop).result(timeout=2)
-        elif isinstance(layer, InMemoryChannelLayer):  # lives on the server's own loop: let asgiref find it
-            async_to_sync(_send)(layer, user_id, message)
-        else:
-            asyncio.run_coroutine_threadsafe(_send(layer, user_id, message), _publisher_loop()).result(timeout=2)
+        _deliver(layer, _send_many, messages, timeout=2 + len(events) / 500)
     except Exception:  # noqa: BLE001 - the event is informational; the database holds the truth
-        log.warning("could not publish live event %s", event.get("kind"), exc_info=True)
+        log.warning("could not publish %d live event(s) (%s)", len(events), events[0][1].get("kind"), exc_info=True)
 
 
 def publish_execution(execution) -> None:
@@ -166,12 +179,6 @@ def publish_prices(rows_by_user: dict[int, list[dict]], *, ts: float | None = No
     messages.append((PRICE_ADMINS_GROUP, {"type": "live.prices", "admins": True, "text": prices_text(
         ts, [row for rows in rows_by_user.values() for row in rows])}))
     try:
-        loop = getattr(_local, "loop", None)
-        if loop is None and not isinstance(layer, InMemoryChannelLayer):
-            loop = _publisher_loop()
-        if loop is not None:
-            asyncio.run_coroutine_threadsafe(_send_many(layer, messages), loop).result(timeout=5)
-        else:
-            async_to_sync(_send_many)(layer, messages)
+        _deliver(layer, _send_many, messages, timeout=5)
     except Exception:  # noqa: BLE001 - marks are in the database; the next tick sends fresh ones
         log.warning("could not publish prices for %d users", len(rows_by_user), exc_info=True)

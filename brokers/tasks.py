@@ -63,6 +63,30 @@ def execution_run_task(self, execution_id: int) -> None:
         raise self.retry(countdown=max(left, 0) + 1)
 
 
+def executions_enqueue(execution_ids: list[int]) -> None:
+    """Each execution as its own ``execution_run_task`` (the bot executions' queue), pipelined."""
+    from tradeflow.queue import send_many
+
+    send_many(execution_run_task, [(pk,) for pk in execution_ids], queue=settings.BOT_EXECUTION_QUEUE or None)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def executions_batch_task(execution_ids: list[int]) -> int:
+    """Run a batch of a bot alert's executions (``brokers.services.batch``); what the batch leaves (exits, retries,
+    transient broker errors) goes on as one task per execution. Redelivered after a lost worker, the batch claims
+    nothing already running, and those executions' own tasks wait for their lease to run out and resume them."""
+    from brokers.services.batch import executions_run_batch
+
+    try:
+        outcome = executions_run_batch(execution_ids)
+    except Exception:  # e.g. the database away at the claim: each execution's own task retries with backoff
+        log.exception("batch of %d executions could not run; handing them out one by one", len(execution_ids))
+        executions_enqueue(execution_ids)
+        return 0
+    executions_enqueue(outcome.single)
+    return outcome.finished
+
+
 @shared_task(ignore_result=True)
 def executions_sweep() -> int:
     """Re-enqueue executions whose message was lost (a broker flush, a crash between commit and publish).

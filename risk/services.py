@@ -21,9 +21,25 @@ HALTED = "Trading halted by the operator (global kill switch): nothing was sent.
 def decide(*, execution: Execution) -> Decision:
     """Whether this execution may trade now. Exits are never blocked by entry rules; manual closes and
     Emergency Stop closes (kind ``close``) run even on a disabled account and while trading is halted."""
+    is_signal = execution.kind == Execution.Kind.SIGNAL
+    if (refused := gate_decide(execution, halted=is_signal and trading_halted())) is not None:
+        return refused
+    if not is_signal or is_exit(execution.intent):
+        return ALLOW
+    from billing.services import entry_block_reason  # the plan / trial gate (DESIGN.md "Decide")
+
+    blocked = entry_block_reason(user=execution.account.owner, now=timezone.now())
+    if (refused := entry_limits_decide(execution, blocked=blocked)) is not None:
+        return refused
+    return entry_admit(execution=execution)
+
+
+def gate_decide(execution: Execution, *, halted: bool) -> Decision | None:
+    """The checks that need no query (the account, its owner's settings and the kill switch are loaded): the
+    refusal, or None. ``halted``: the global kill switch is on (it stops signals only)."""
     account = execution.account
     is_signal = execution.kind == Execution.Kind.SIGNAL
-    if is_signal and trading_halted():
+    if is_signal and halted:
         return reject("trading_halted", HALTED)
     if is_signal and not account.enabled:
         return reject("account_disabled", f"Account {account.label} is disabled; enable it to trade")
@@ -32,20 +48,116 @@ def decide(*, execution: Execution) -> Decision:
     if account.mode == BrokerAccount.Mode.LIVE and not settings.LIVE_TRADING_ENABLED:
         return reject("live_trading_disabled",
                       "Live trading is switched off on this server (LIVE_TRADING_ENABLED); nothing was sent")
-    if is_signal and not is_exit(execution.intent):
-        if not account.owner.trading_settings.auto_trade:
-            return reject("auto_trade_off",
-                          "Auto-trade is off in your trading settings: new entries are not placed (exits still run)")
-        from billing.services import entry_block_reason  # the plan / trial gate (DESIGN.md "Decide")
+    if is_signal and not is_exit(execution.intent) and not account.owner.trading_settings.auto_trade:
+        return reject("auto_trade_off",
+                      "Auto-trade is off in your trading settings: new entries are not placed (exits still run)")
+    return None
 
-        if blocked := entry_block_reason(user=account.owner, now=timezone.now()):
-            return reject("plan_limit", blocked)
-        if execution.intent.get("limits"):
-            decision = bot_limits_decide(execution)
-            if not decision.allowed:
-                return decision
-        return entry_admit(execution=execution)
-    return ALLOW
+
+def entry_limits_decide(execution: Execution, *, blocked: str | None, bot_open: int | None = None) -> Decision | None:
+    """An entry signal's plan gate (``blocked``: billing's reason, or None) and its bot subscription's own limits,
+    before the user's risk rules: the refusal, or None. ``bot_open``: this bot's open positions on the account,
+    when the caller counted them already."""
+    if blocked:
+        return reject("plan_limit", blocked)
+    if execution.intent.get("limits"):
+        decision = bot_limits_decide(execution, open_count=bot_open)
+        if not decision.allowed:
+            return decision
+    return None
+
+
+def entries_decide(executions: list[Execution], *, now=None) -> dict[int, Decision]:
+    """``decide`` for many entry signals at once (one bot alert's subscribers), each on a different user: the same
+    checks in the same order, with the kill switch read once, the plan gate and the bots' open positions counted
+    in one query each, and the risk rules decided and the trade slots reserved under all the users' locks in one
+    transaction (``entries_admit``). Returns each execution's decision by id."""
+    from billing.services import entry_block_reasons
+
+    now = now or timezone.now()
+    halted = trading_halted()
+    decisions: dict[int, Decision] = {}
+    entries = []
+    for execution in executions:
+        if (refused := gate_decide(execution, halted=halted)) is not None:
+            decisions[execution.pk] = refused
+        elif execution.kind != Execution.Kind.SIGNAL or is_exit(execution.intent):
+            decisions[execution.pk] = ALLOW
+        else:
+            entries.append(execution)
+    blocked = entry_block_reasons(users=[e.account.owner for e in entries], now=now) if entries else {}
+    bot_open = bot_open_counts(entries)
+    admit = []
+    for execution in entries:
+        refused = entry_limits_decide(execution, blocked=blocked.get(execution.account.owner_id),
+                                      bot_open=bot_open.get((execution.account_id, _bot_id(execution))))
+        if refused is not None:
+            decisions[execution.pk] = refused
+        else:
+            admit.append(execution)
+    return decisions | entries_admit(admit, now=now)
+
+
+def _bot_id(execution: Execution) -> int | None:
+    return (execution.intent.get("bot") or {}).get("id")
+
+
+def bot_open_counts(executions: list[Execution]) -> dict[tuple[int, int], int]:
+    """(account id, bot id) → the bot's open positions on the account, for the executions whose subscription limits
+    its concurrent positions (one grouped query)."""
+    from django.db.models import Count
+
+    wanted = [e for e in executions if (e.intent.get("limits") or {}).get("max_concurrent_positions") is not None]
+    counts: dict[tuple[int, int], int] = {}
+    for bot_id in {_bot_id(e) for e in wanted}:
+        accounts = [e.account_id for e in wanted if _bot_id(e) == bot_id]
+        rows = (Position.objects.filter(account_id__in=accounts, status=Position.Status.OPEN, meta__bot=bot_id)
+                .values("account_id").annotate(n=Count("pk")))
+        counts |= {(account, bot_id): 0 for account in accounts}
+        counts |= {(row["account_id"], bot_id): row["n"] for row in rows}
+    return counts
+
+
+def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decision]:
+    """``entry_admit`` for many first-attempt entries at once: every user's RiskConfig row is locked (in user order,
+    so two batches never deadlock), each entry decided on its user's counters, and the admitted trade slots inserted
+    in one statement, all in one transaction. A user with several entries in the list has the later ones admitted
+    one by one after it, so they see the first one's slot."""
+    now = now or timezone.now()
+    first: dict[int, Execution] = {}
+    later = []
+    for execution in executions:
+        if first.setdefault(execution.account.owner_id, execution) is not execution:
+            later.append(execution)
+    decisions: dict[int, Decision] = {}
+    flatten = []
+    if first:
+        with transaction.atomic():
+            def locked(user_ids):
+                rows = RiskConfig.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id")
+                return {config.user_id: config for config in rows}
+
+            configs = locked(sorted(first))
+            if missing := sorted(first.keys() - configs.keys()):  # users' first entries
+                RiskConfig.objects.bulk_create([RiskConfig(user_id=uid) for uid in missing], ignore_conflicts=True)
+                configs |= locked(missing)
+            admissions = []
+            for uid, execution in first.items():
+                config = execution.risk_config = configs[uid]
+                user = execution.account.owner
+                counters = risk_counters(user=user, account=execution.account, config=config, now=now)
+                decision = decisions[execution.pk] = entry_decide(config, counters, execution.intent, now)
+                if decision.allowed:
+                    admissions.append(RiskAdmission(execution=execution, user=user,
+                                                    value=intent_value(execution.intent) or Decimal("0")))
+                elif decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
+                    flatten.append(user)
+            RiskAdmission.objects.bulk_create(admissions)
+    for user in flatten:
+        positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
+    for execution in later:
+        decisions[execution.pk] = entry_admit(execution=execution, now=now)
+    return decisions
 
 
 def entry_admit(*, execution: Execution, now=None) -> Decision:
@@ -93,12 +205,15 @@ def positions_flatten(*, user, why: str, actor=None) -> list[Execution]:
     return [execution_create_close(position=p, actor=actor, why=why, trigger="flatten") for p in positions]
 
 
-def bot_limits_decide(execution: Execution) -> Decision:
-    """A bot subscriber's own limits (seed 004): max concurrent positions from the bot, max daily loss."""
+def bot_limits_decide(execution: Execution, *, open_count: int | None = None) -> Decision:
+    """A bot subscriber's own limits (seed 004): max concurrent positions from the bot, max daily loss.
+    ``open_count``: the bot's open positions on the account, when already counted."""
     limits, bot_id = execution.intent["limits"], execution.intent["bot"]["id"]
     positions = Position.objects.filter(account=execution.account, meta__bot=bot_id)
     most = limits.get("max_concurrent_positions")
-    if most is not None and positions.filter(status=Position.Status.OPEN).count() >= most:
+    if open_count is None and most is not None:
+        open_count = positions.filter(status=Position.Status.OPEN).count()
+    if most is not None and open_count >= most:
         return reject("max_concurrent_positions", f"This bot already has {most} open position(s) on "
                       f"{execution.account.label}, your limit for it: no new entry until one closes")
     if limits.get("max_daily_loss") is not None:

@@ -47,7 +47,7 @@ def after_grace():
 def published(monkeypatch):
     """What reached the customer's dashboard socket group (positions and executions), in order."""
     events: list[tuple[int, dict]] = []
-    monkeypatch.setattr(live, "publish", lambda user_id, event: events.append((user_id, event)))
+    monkeypatch.setattr(live, "publish_many", events.extend)
     return events
 
 

@@ -272,6 +272,10 @@ BOT_EXECUTION_QUEUE = env.str("BOT_EXECUTION_QUEUE", default="")
 # the same execution, queued behind the other main orders). Off by default: measured, it brings the last main
 # order of a 1,000-subscriber alert ~3 s earlier but leaves every position unprotected ~9 s longer.
 BOT_DEFER_PROTECTION = envbool("BOT_DEFER_PROTECTION", False)
+# A bot alert's subscribers are executed in batches (brokers/services/batch.py) of this many, each batch one Celery
+# task; 0 runs every subscriber as its own task (the one-by-one engine). Threads per batch for broker calls.
+BOT_BATCH_SIZE = env.int("BOT_BATCH_SIZE", default=100)
+BATCH_BROKER_THREADS = env.int("BATCH_BROKER_THREADS", default=50)
 # In embedded mode eager tasks are handed to a thread so the webhook answers before execution.
 TASKS_IN_THREAD = envbool("TASKS_IN_THREAD", not REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

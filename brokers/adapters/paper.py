@@ -12,12 +12,13 @@ import math
 from datetime import date
 from decimal import ROUND_HALF_UP, Decimal
 
-from django.db import IntegrityError
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from brokers.adapters.base import (
     Balance,
     BrokerAdapter,
+    BrokerError,
     BrokerPosition,
     BrokerRejected,
     OrderRequest,
@@ -104,6 +105,37 @@ class PaperAdapter(BrokerAdapter):
             return self._result(order)
         quote_set(broker=self.broker, symbol=request.symbol, price=price)
         return self._result(order)
+
+    @classmethod
+    def place_batch(cls, items: list[tuple[PaperAdapter, OrderRequest]]) -> list[OrderResult | BrokerError]:
+        """``place_order`` for many first-time orders (a batch of bot subscribers): one INSERT for the market orders
+        whose price is known, one quote update per symbol. Anything else, or a client id placed before, goes
+        through ``place_order`` one by one, which answers exactly as it would alone."""
+        known = dict(Quote.objects.filter(broker=cls.broker, symbol__in={
+            r.symbol for _, r in items if not r.reference_price}).values_list("symbol", "price"))
+        simple = [n for n, (_, r) in enumerate(items)
+                  if r.order_type == "market" and (r.reference_price or known.get(r.symbol))]
+        results: list[OrderResult | BrokerError | None] = [None] * len(items)
+        rows = [PaperOrder(account=items[n][0].account, client_order_id=items[n][1].client_order_id,
+                           symbol=items[n][1].symbol, side=items[n][1].side, qty=items[n][1].qty,
+                           price=items[n][1].reference_price or known[items[n][1].symbol]) for n in simple]
+        try:
+            with transaction.atomic():
+                PaperOrder.objects.bulk_create(rows)
+        except IntegrityError:  # a client id already in the book: each finds its first fill on its own
+            simple = []
+        else:
+            for n, row in zip(simple, rows, strict=True):
+                results[n] = cls._result(row)
+            for symbol, price in {row.symbol: row.price for row in rows}.items():
+                quote_set(broker=cls.broker, symbol=symbol, price=price)
+        for n, (adapter, request) in enumerate(items):
+            if results[n] is None:
+                try:
+                    results[n] = adapter.place_order(request)
+                except BrokerError as exc:
+                    results[n] = exc
+        return results
 
     @staticmethod
     def _result(order: PaperOrder) -> OrderResult:

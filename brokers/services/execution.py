@@ -475,20 +475,26 @@ def _record(order: Order, result: OrderResult, leg: LegPlan) -> OrderResult:
     return result
 
 
+def protection_levels(leg: LegPlan, result: OrderResult) -> dict:
+    """The stop loss / take profit of a filled entry, as the position records them (rounded to the exchange's tick,
+    so it shows what is really set). Only the levels the entry asked for: a later entry without SL/TP keeps the
+    levels the position already has."""
+    if result.avg_price is None or not leg.sl_tp:
+        return {}
+    sl, tp = leg.sl_tp
+    levels = sl_tp_prices(side=leg.side, entry=result.avg_price, sl=sl, tp=tp)
+    if leg.tick_size:
+        levels = tuple(None if v is None else round_to_tick(v, leg.tick_size) for v in levels)
+    return {k: v for k, v in zip(("stop_loss", "take_profit"), levels, strict=True) if v is not None}
+
+
 def _protect(execution: Execution, adapter: BrokerAdapter, order: Order, leg: LegPlan, result: OrderResult) -> str:
     """Record the entry's stop loss / take profit on the position and place them at the broker (idempotent:
     a retried execution places the same ones again). A refusal keeps the fill and returns a warning."""
-    if result.avg_price is None:
-        return ""
-    sl, tp = leg.sl_tp
-    levels = sl_tp_prices(side=leg.side, entry=result.avg_price, sl=sl, tp=tp)
-    if leg.tick_size:  # what the exchange will hold, so the position shows the levels that are really set
-        levels = tuple(None if v is None else round_to_tick(v, leg.tick_size) for v in levels)
-    stop_loss, take_profit = levels
-    # A later entry without SL/TP keeps the levels the position already has.
-    recorded = {k: v for k, v in (("stop_loss", stop_loss), ("take_profit", take_profit)) if v is not None}
+    recorded = protection_levels(leg, result)
     if not recorded:
         return ""
+    stop_loss, take_profit = recorded.get("stop_loss"), recorded.get("take_profit")
     Position.objects.filter(account=execution.account, symbol=leg.symbol, status=Position.Status.OPEN).update(
         **recorded)
     try:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.db import IntegrityError, transaction
@@ -7,7 +8,7 @@ from django.db.models import F
 from django.utils import timezone
 
 from brokers.calc import ZERO, net_fill
-from brokers.live import publish_positions_on_commit
+from brokers.live import position_event, publish_on_commit, publish_positions_on_commit
 from brokers.models import BrokerAccount, Position
 
 
@@ -65,6 +66,53 @@ def position_apply_fill(*, account: BrokerAccount, symbol: str, side: str, qty: 
         booked.append(position)
     publish_positions_on_commit(account.owner_id, booked)
     return position, result.realized
+
+
+@dataclass(frozen=True)
+class Fill:
+    account: BrokerAccount
+    symbol: str
+    side: str
+    qty: Decimal
+    price: Decimal
+    meta: dict = field(default_factory=dict)
+    levels: dict = field(default_factory=dict)  # stop_loss / take_profit to record on the open position
+
+
+def positions_apply_fills(fills: list[Fill]) -> None:
+    """``position_apply_fill`` for many fills (a batch of bot subscribers), in the caller's transaction.
+
+    The open positions of every (account, symbol) are locked in one query and the fills that open a new position
+    are inserted in one statement. A fill into a position already open, a second fill of the same pair, or a first
+    fill that races another one (the open-position unique key) is booked by ``position_apply_fill`` one by one.
+    ``levels`` are written onto the position the fill leaves open.
+    """
+    open_now = set(Position.objects.select_for_update().filter(
+        status=Position.Status.OPEN, account_id__in={f.account.pk for f in fills},
+        symbol__in={f.symbol for f in fills}).values_list("account_id", "symbol"))
+    fresh: dict[tuple[int, str], Fill] = {}
+    rest = []
+    for fill in fills:
+        key = (fill.account.pk, fill.symbol)
+        if key in open_now or key in fresh:
+            rest.append(fill)
+        else:
+            fresh[key] = fill
+    rows = [Position(account=f.account, symbol=f.symbol, side=Position.Side.LONG if f.side == "buy" else
+                     Position.Side.SHORT, qty=f.qty, avg_price=f.price, last_price=f.price, meta=f.meta or {},
+                     **f.levels) for f in fresh.values()]
+    try:
+        with transaction.atomic():
+            Position.objects.bulk_create(rows)
+    except IntegrityError:  # a first fill raced ours: book them all one by one
+        rows, rest = [], list(fresh.values()) + rest
+    publish_on_commit([(row.account.owner_id, position_event(row)) for row in rows])
+    for fill in rest:
+        position_apply_fill(account=fill.account, symbol=fill.symbol, side=fill.side, qty=fill.qty, price=fill.price,
+                            meta=fill.meta)
+        if fill.levels:
+            Position.objects.filter(account=fill.account, symbol=fill.symbol, status=Position.Status.OPEN).update(
+                **fill.levels)
 
 
 def position_close(*, position: Position, actor=None):
