@@ -62,6 +62,16 @@ def bot_with(name, accounts):
     return {{"path": bot.webhook_path, "secret": secret, "id": bot.pk}}
 users = User.objects.bulk_create([User(email=f"sub{{i}}@bench.local", password="!") for i in range(len(keys))])
 TradingSettings.objects.bulk_create([TradingSettings(user=u) for u in users])
+# What sign-up creates for every user (billing/signals.py), which bulk_create skips: the trial's billing record.
+from datetime import timedelta
+from django.conf import settings
+from django.utils import timezone
+from billing.models import BillingAccount
+from billing.services import trial_plan
+now, plan = timezone.now(), trial_plan()
+BillingAccount.objects.bulk_create([BillingAccount(user=u, plan=plan, status="trialing", trial_started_at=now,
+                                                   trial_ends_at=now + timedelta(days=settings.BILLING_TRIAL_DAYS))
+                                    for u in users])
 if {paper}:  # paper-mode accounts of the bot's broker: the built-in paper broker fills them
     accounts = BrokerAccount.objects.bulk_create([
         BrokerAccount(owner=u, label=f"Paper {{i}}", broker="binance", mode="paper", currency="USDT",
@@ -435,7 +445,8 @@ def report(res: dict) -> None:
           f"max {lat['max']} ms (n={lat['n']})")
     print(f"  first execution started after          {res['first_start_ms']} ms")
     print(f"  all executions finished (with SL/TP)   {res['all_finished_s']} s")
-    print(f"  {'paper book' if setup['broker'] == 'paper' else 'Binance server'}: main orders {srv['main_orders']} (distinct client ids {srv['distinct_client_ids']}, "
+    book = "paper book" if setup["broker"] == "paper" else "Binance server"
+    print(f"  {book}: main orders {srv['main_orders']} (distinct client ids {srv['distinct_client_ids']}, "
           f"duplicated {srv['duplicated_client_ids']}), SL/TP algo orders {srv['algo_orders']}, "
           f"requests {srv['requests']}, errors {srv['errors']}")
     print(f"  executions {res['statuses']}   signal counters {res['signal_counters']}")

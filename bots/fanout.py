@@ -14,7 +14,6 @@ import logging
 import random
 
 from django.conf import settings
-from django.db import transaction
 
 from bots.models import Subscription
 from bots.services import effective_config, receiving_statuses
@@ -47,24 +46,31 @@ def execution_intent(intent: dict, subscription: Subscription) -> dict:
 
 def bot_signal_fan_out(*, signal_id: str) -> list[int]:
     """Create the signal's executions (idempotent) and return the pending ones' ids in a random order."""
+    return [pk for chunk in bot_signal_fan_out_chunks(signal_id=signal_id) for pk in chunk]
+
+
+def bot_signal_fan_out_chunks(*, signal_id: str, size: int = 500):
+    """``bot_signal_fan_out`` a chunk at a time: yields each chunk's pending execution ids as soon as they are
+    committed, so the first subscribers' batches run while the rest are still being created (1,000 rows took
+    ~250 ms to build and insert). The subscribers are shuffled first: nobody is always served last."""
     signal = Signal.objects.select_related("bot").get(pk=signal_id)
     bot = signal.bot
     subscriptions = list(Subscription.objects.filter(bot=bot, status__in=receiving_statuses(signal.intent)))
-    rows = []
-    for subscription in subscriptions:
-        subscription.bot = bot  # one bot object for all: no query per subscriber
-        rows.append(Execution(signal=signal, account_id=subscription.account_id, subscription=subscription,
-                              kind=Execution.Kind.SIGNAL, intent=execution_intent(signal.intent, subscription)))
-    with transaction.atomic():
-        # A redelivered fan-out (worker lost after this commit) conflicts on (signal, account): nothing doubles.
-        Execution.objects.bulk_create(rows, batch_size=500, ignore_conflicts=True)
-        total = Execution.objects.filter(signal=signal).count()
-        Signal.objects.filter(pk=signal.pk).update(total_subscribers=total)
-    pending = list(Execution.objects.filter(signal=signal, status=Execution.Status.PENDING)
+    _shuffle(subscriptions)
+    for start in range(0, len(subscriptions), size):
+        rows = []
+        for subscription in subscriptions[start:start + size]:
+            subscription.bot = bot  # one bot object for all: no query per subscriber
+            rows.append(Execution(signal=signal, account_id=subscription.account_id, subscription=subscription,
+                                  kind=Execution.Kind.SIGNAL, intent=execution_intent(signal.intent, subscription)))
+        # One INSERT (atomic on its own). A redelivered fan-out (worker lost after it) conflicts on (signal,
+        # account): nothing doubles, and what is still pending is handed out again.
+        Execution.objects.bulk_create(rows, ignore_conflicts=True)
+        yield list(Execution.objects.filter(signal=signal, status=Execution.Status.PENDING,
+                                            account_id__in=[row.account_id for row in rows])
                    .values_list("pk", flat=True))
-    # A new order every time, so no subscriber is always served last.
-    _shuffle(pending)
-    return pending
+    total = Execution.objects.filter(signal=signal).count()
+    Signal.objects.filter(pk=signal.pk).update(total_subscribers=total)
 
 
 def executions_dispatch(execution_ids: list[int]) -> None:

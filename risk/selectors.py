@@ -64,7 +64,8 @@ def risk_counters(*, user, account: BrokerAccount, config: RiskConfig, now: date
     """The counters the config's rules read; a counter no rule uses is not queried (this runs per entry)."""
     on = config.enabled
     since = day_start(user=user, now=now)
-    admitted = RiskAdmission.objects.filter(user=user)
+    counted = on and (config.max_trades_per_day is not None or config.max_open_positions is not None)
+    admitted = RiskAdmission.objects.filter(user=user) if counted else None  # a queryset costs CPU even unused
     trades = (admitted.filter(created_at__gte=since).exclude(execution__status__in=NOT_TRADED).count()
               if on and config.max_trades_per_day is not None else 0)
     open_count = 0

@@ -209,8 +209,10 @@ def bot_limits_decide(execution: Execution, *, open_count: int | None = None) ->
     """A bot subscriber's own limits (seed 004): max concurrent positions from the bot, max daily loss.
     ``open_count``: the bot's open positions on the account, when already counted."""
     limits, bot_id = execution.intent["limits"], execution.intent["bot"]["id"]
-    positions = Position.objects.filter(account=execution.account, meta__bot=bot_id)
     most = limits.get("max_concurrent_positions")
+    if most is None and limits.get("max_daily_loss") is None:
+        return ALLOW
+    positions = Position.objects.filter(account=execution.account, meta__bot=bot_id)
     if open_count is None and most is not None:
         open_count = positions.filter(status=Position.Status.OPEN).count()
     if most is not None and open_count >= most:

@@ -82,7 +82,8 @@ def outcome(subs, signal_id):
     return rows, (signal.total_subscribers, signal.successful, signal.failed, signal.rejected)
 
 
-def test_a_batch_ends_every_subscriber_as_the_one_by_one_engine_does(client, settings, django_capture_on_commit_callbacks):
+def test_a_batch_ends_every_subscriber_as_the_one_by_one_engine_does(client, settings,
+                                                                     django_capture_on_commit_callbacks):
     """The same crowd through both engines: every status, reason, position, order and counter is the same."""
     results = []
     for size in (0, 100):  # 0: one task per subscriber

@@ -66,6 +66,7 @@ from brokers.services.execution import (
 from brokers.services.outcomes import OUTCOME, execution_record_slippage
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import Fill, positions_apply_fills
+from tradeflow.fastinsert import update_many
 
 log = logging.getLogger(__name__)
 FINISH_FIELDS = ["status", "reason_code", "reason", "finished_at", "lease_until", "latency_ms", "slippage",
@@ -128,7 +129,8 @@ def _claim(executions: list[Execution]) -> dict[int, Execution]:
     now = timezone.now()
     with transaction.atomic():
         ids = list(Execution.objects.select_for_update(skip_locked=True).filter(
-            pk__in=[e.pk for e in executions], status=Execution.Status.PENDING, attempts=0).values_list("pk", flat=True))
+            pk__in=[e.pk for e in executions], status=Execution.Status.PENDING, attempts=0,
+        ).values_list("pk", flat=True))
         Execution.objects.filter(pk__in=ids).update(status=Execution.Status.RUNNING, lease_until=now + LEASE,
                                                     attempts=1, started_at=now)
     claimed = {}
@@ -286,7 +288,7 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
             fills.append(Fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
                               price=result.avg_price, meta=leg.meta, levels=levels))
     with transaction.atomic():
-        Order.objects.bulk_update(orders, ["status", "broker_order_id", "filled_qty", "avg_price", "raw",
+        update_many(orders, ["status", "broker_order_id", "filled_qty", "avg_price", "raw",
                                            "reject_reason", "filled_at"])
         if fills:
             positions_apply_fills(fills)
@@ -322,12 +324,13 @@ def _protect(protect: list[tuple[_Item, OrderResult, dict]], finish, outcome: Ba
             log.warning("protection for %s refused: %s", item.order.client_order_id, error.message)
             if isinstance(error, BrokerAuthError):
                 _mark_login_needed(execution.account, error)
-            finish(execution, Execution.Status.FILLED, "unprotected", _unprotected(execution, f"refused: {error.message}"))
+            finish(execution, Execution.Status.FILLED, "unprotected",
+                   _unprotected(execution, f"refused: {error.message}"))
         else:
             outcome.single.append(execution.pk)
     # Those left to the one-by-one path keep their main order's acknowledgement and slippage.
     retry = [item.execution for item, _, _ in protect if item.execution.pk in set(outcome.single)]
-    Execution.objects.bulk_update(retry, ["latency_ms", "slippage", "slippage_bps"])
+    update_many(retry, ["latency_ms", "slippage", "slippage_bps"])
 
 
 _pools: dict[int, ThreadPoolExecutor] = {}
@@ -356,9 +359,10 @@ def _finish(executions: list[Execution], outcome: BatchOutcome) -> None:
         execution.finished_at, execution.lease_until = now, None
     with transaction.atomic():
         held = set(Execution.objects.select_for_update().filter(
-            pk__in=[e.pk for e in executions], status=Execution.Status.RUNNING, attempts=1).values_list("pk", flat=True))
+            pk__in=[e.pk for e in executions], status=Execution.Status.RUNNING, attempts=1,
+        ).values_list("pk", flat=True))
         saved = [e for e in executions if e.pk in held]
-        Execution.objects.bulk_update(saved, FINISH_FIELDS)
+        update_many(saved, FINISH_FIELDS)
         counts = Counter((e.signal_id, OUTCOME[e.status]) for e in saved if e.signal_id and e.subscription_id)
         by_signal: dict[str, dict] = {}
         for (signal_id, counter), n in counts.items():

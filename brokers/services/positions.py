@@ -10,6 +10,7 @@ from django.utils import timezone
 from brokers.calc import ZERO, net_fill
 from brokers.live import position_event, publish_on_commit, publish_positions_on_commit
 from brokers.models import BrokerAccount, Position
+from tradeflow.fastinsert import update_many
 
 
 def _locked_open_position(account: BrokerAccount, symbol: str) -> Position | None:
@@ -41,31 +42,45 @@ def position_apply_fill(*, account: BrokerAccount, symbol: str, side: str, qty: 
             return position, ZERO
         except IntegrityError:  # another fill opened it first: lock it and net into it
             position = _locked_open_position(account, symbol)
+    realized, remainder = _net(position, signed=signed, price=price, meta=meta, now=timezone.now())
+    position.save()
+    _credit(account, realized)
+    booked = [position]
+    if remainder is not None:
+        remainder.save()
+        booked.append(remainder)
+        position = remainder
+    publish_positions_on_commit(account.owner_id, booked)
+    return position, realized
+
+
+def _net(position: Position, *, signed: Decimal, price: Decimal, meta: dict | None, now) -> tuple[Decimal,
+                                                                                              Position | None]:
+    """Net a signed fill into the open ``position``, in memory: returns the realized P&L and, when the fill crossed
+    zero, the unsaved new position of the remainder (the old one is closed)."""
     current = position.qty if position.side == Position.Side.LONG else -position.qty
     result = net_fill(qty=current, avg_price=position.avg_price, fill_qty=signed, fill_price=price)
-    now = timezone.now()
     position.realized_pnl += result.realized
     position.last_price = price
     if result.qty == ZERO or result.reversed:
         position.status, position.closed_at = Position.Status.CLOSED, now
         if not result.reversed:
             position.qty = ZERO
-        position.save()
     else:
         position.qty, position.avg_price = abs(result.qty), result.avg_price
         position.side = Position.Side.LONG if result.qty > 0 else Position.Side.SHORT
-        position.save()
-    if result.realized and account.is_paper:
-        BrokerAccount.objects.filter(pk=account.pk).update(balance=F("balance") + result.realized)
-    booked = [position]
+    remainder = None
     if result.reversed:
-        position = Position.objects.create(
-            account=account, symbol=symbol, side=Position.Side.LONG if result.qty > 0 else Position.Side.SHORT,
-            qty=abs(result.qty), avg_price=price, last_price=price, meta=meta or position.meta,
-        )
-        booked.append(position)
-    publish_positions_on_commit(account.owner_id, booked)
-    return position, result.realized
+        remainder = Position(account=position.account, symbol=position.symbol,
+                             side=Position.Side.LONG if result.qty > 0 else Position.Side.SHORT, qty=abs(result.qty),
+                             avg_price=price, last_price=price, meta=meta or position.meta)
+    return result.realized, remainder
+
+
+def _credit(account: BrokerAccount, realized: Decimal) -> None:
+    """A paper account's cash moves with its realized P&L (an UPDATE with an F expression: fills may race)."""
+    if realized and account.is_paper:
+        BrokerAccount.objects.filter(pk=account.pk).update(balance=F("balance") + realized)
 
 
 @dataclass(frozen=True)
@@ -79,34 +94,58 @@ class Fill:
     levels: dict = field(default_factory=dict)  # stop_loss / take_profit to record on the open position
 
 
-def positions_apply_fills(fills: list[Fill]) -> None:
-    """``position_apply_fill`` for many fills (a batch of bot subscribers), in the caller's transaction.
+NETTED = ["realized_pnl", "last_price", "status", "closed_at", "qty", "avg_price", "side", "stop_loss", "take_profit",
+          "updated_at"]
 
-    The open positions of every (account, symbol) are locked in one query and the fills that open a new position
-    are inserted in one statement. A fill into a position already open, a second fill of the same pair, or a first
-    fill that races another one (the open-position unique key) is booked by ``position_apply_fill`` one by one.
+
+def positions_apply_fills(fills: list[Fill]) -> None:
+    """``position_apply_fill`` for many fills on different (account, symbol) pairs (a batch of bot subscribers), in
+    the caller's transaction, with the same netting (``_net``).
+
+    The open positions of every pair are locked in one query; the fills that open a new position are inserted in
+    one statement and those netted into an open one written in one statement. A second fill of a pair, or a first
+    fill that races another one (the open-position unique key), is booked by ``position_apply_fill`` one by one.
     ``levels`` are written onto the position the fill leaves open.
     """
-    open_now = set(Position.objects.select_for_update().filter(
+    now = timezone.now()
+    held = {(p.account_id, p.symbol): p for p in Position.objects.select_for_update().filter(
         status=Position.Status.OPEN, account_id__in={f.account.pk for f in fills},
-        symbol__in={f.symbol for f in fills}).values_list("account_id", "symbol"))
+        symbol__in={f.symbol for f in fills})}
     fresh: dict[tuple[int, str], Fill] = {}
-    rest = []
+    netted: list[Position] = []
+    opened: list[Position] = []  # reversals' remainders
+    rest, seen = [], set()
     for fill in fills:
         key = (fill.account.pk, fill.symbol)
-        if key in open_now or key in fresh:
+        if key in seen:
             rest.append(fill)
-        else:
+            continue
+        seen.add(key)
+        position = held.get(key)
+        if position is None:
             fresh[key] = fill
+            continue
+        position.account, position.updated_at = fill.account, now
+        realized, remainder = _net(position, signed=fill.qty if fill.side == "buy" else -fill.qty, price=fill.price,
+                                   meta=fill.meta, now=now)
+        _credit(fill.account, realized)
+        netted.append(position)
+        if remainder is not None:
+            opened.append(remainder)
+        if remainder is not None or position.status == Position.Status.OPEN:
+            for name, value in fill.levels.items():
+                setattr(remainder or position, name, value)
+    update_many(netted, NETTED)
+    Position.objects.bulk_create(opened)
     rows = [Position(account=f.account, symbol=f.symbol, side=Position.Side.LONG if f.side == "buy" else
                      Position.Side.SHORT, qty=f.qty, avg_price=f.price, last_price=f.price, meta=f.meta or {},
                      **f.levels) for f in fresh.values()]
     try:
         with transaction.atomic():
             Position.objects.bulk_create(rows)
-    except IntegrityError:  # a first fill raced ours: book them all one by one
+    except IntegrityError:  # a first fill raced ours: book those one by one
         rows, rest = [], list(fresh.values()) + rest
-    publish_on_commit([(row.account.owner_id, position_event(row)) for row in rows])
+    publish_on_commit([(p.account.owner_id, position_event(p)) for p in netted + opened + rows])
     for fill in rest:
         position_apply_fill(account=fill.account, symbol=fill.symbol, side=fill.side, qty=fill.qty, price=fill.price,
                             meta=fill.meta)
