@@ -538,3 +538,19 @@ def test_requests_never_leave_loopback(owner, binance):
     adapter = BinanceAdapter(binance_account(owner, binance))
     for url in (adapter.client.API_URL, adapter.client.FUTURES_URL, adapter.client.MARGIN_API_URL):
         assert url.startswith("http://127.0.0.1:")
+
+
+def test_the_sdk_session_takes_the_ca_bundle_once_and_rereads_the_environment_only_for_a_proxy(owner, binance,
+                                                                                                monkeypatch):
+    """requests re-reads proxy and CA variables on every call (0.6 ms each); without a proxy they are read once,
+    and the CA bundle the environment names still verifies TLS, as it did."""
+    from brokers.adapters import binance as module
+
+    monkeypatch.setattr(module, "ENV_PROXIES", False)
+    monkeypatch.setattr(module, "ENV_CA_BUNDLE", "/etc/ssl/company-ca.pem")
+    session = BinanceAdapter(binance_account(owner, binance)).client.session
+    assert (session.trust_env, session.verify) == (False, "/etc/ssl/company-ca.pem")
+    BinanceAdapter(binance_account(owner, binance)).balance()  # and it still reaches Binance (loopback here)
+    monkeypatch.setattr(module, "ENV_PROXIES", True)  # an HTTPS_PROXY: requests keeps honouring the environment
+    session = BinanceAdapter(binance_account(owner, binance)).client.session
+    assert (session.trust_env, session.verify) == (True, True)

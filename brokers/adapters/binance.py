@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
+import urllib.request
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -74,6 +76,12 @@ BAN_UNTIL = re.compile(r"banned until (\d{13})")
 # Binance allows ``.A-Za-z0-9:/_-``, but python-binance signs values unencoded while the body is sent
 # percent-encoded, so ``:`` and ``/`` would fail the signature (-1022): keep to characters that need no encoding.
 SAFE_CLIENT_ID = re.compile(r"^[.A-Za-z0-9_-]{1,36}$")
+# requests reads the proxy and CA bundle environment variables again on every request: about 0.6 ms of CPU per
+# Binance call here, a sixth of the SDK's cost. They are read once, at start-up: with no proxy variable set, the
+# SDK's session skips the lookup (``trust_env`` off) and is given the CA bundle the variables name, as requests
+# would have picked it; with a proxy set, requests keeps reading them on every call as before.
+ENV_PROXIES = bool(urllib.request.getproxies())
+ENV_CA_BUNDLE = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
 STATUS = {"FILLED": "filled", "NEW": "open", "PARTIALLY_FILLED": "open", "PENDING_NEW": "open",
           "REJECTED": "rejected"}
 WITHDRAW_REFUSAL = (
@@ -148,6 +156,10 @@ class BinanceAdapter(BrokerAdapter):
                 params["proxies"] = {"http": self.options["proxy"], "https": self.options["proxy"]}
             client = Client(self.account.api_key, self.account.api_secret, requests_params=params,
                             testnet=self.testnet, ping=False)
+            if not ENV_PROXIES:
+                client.session.trust_env = False
+                if ENV_CA_BUNDLE:
+                    client.session.verify = ENV_CA_BUNDLE
             client.API_URL = _setting("BINANCE_API_URL", URLS["BINANCE_API_URL"])
             client.MARGIN_API_URL = _setting("BINANCE_SAPI_URL", URLS["BINANCE_SAPI_URL"])
             client.FUTURES_URL = _setting("BINANCE_FUTURES_URL", URLS["BINANCE_FUTURES_URL"])
