@@ -254,7 +254,8 @@ def wait_done(signal_id: str, expected: int, limit: float) -> float:
 def main() -> int:  # noqa: PLR0915 - one linear script
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--warm-subscribers", type=int, default=100)
+    parser.add_argument("--warm-subscribers", type=int, default=400,
+                        help="a warm-up alert first: 4 batches, so every worker process has run one")
     parser.add_argument("--latency-ms", type=float, default=50.0, help="added to every Binance call")
     parser.add_argument("--broker", choices=("binance", "paper"), default="binance",
                         help="subscribers on the local Binance (default) or on paper accounts")
