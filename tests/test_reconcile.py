@@ -430,14 +430,20 @@ def test_a_close_that_starts_while_reconcile_reads_the_broker_is_found_under_the
     assert "BTCUSDT" in open_positions(long_btc) and reconcile_executions(long_btc) == []
 
 
+def two_long_customers(owner, other, binance, buy, first_label: str, second_label: str):
+    """Two customers long 0.002 BTCUSDT on their own Binance keys; the second closed it in the Binance app."""
+    first, first_key = connect_binance(owner, binance, label=first_label)
+    buy(first_key, "0.002")
+    api_key, api_secret = binance.add_account()
+    second, second_key = connect_binance(other, binance, label=second_label, api_key=api_key, api_secret=api_secret)
+    buy(second_key, "0.002")
+    binance_app_order(binance, "SELL", "0.002", api_key=api_key)  # closed in the app
+    return first, second
+
+
 def test_one_accounts_broker_error_does_not_stop_another_accounts_reconcile(owner, other, binance, buy,
                                                                             django_capture_on_commit_callbacks):
-    broken, broken_key = connect_binance(owner, binance, label="Revoked key")
-    buy(broken_key, "0.002")
-    api_key, api_secret = binance.add_account()
-    fine, fine_key = connect_binance(other, binance, label="Other customer", api_key=api_key, api_secret=api_secret)
-    buy(fine_key, "0.002")
-    binance_app_order(binance, "SELL", "0.002", api_key=api_key)  # closed in the app
+    broken, fine = two_long_customers(owner, other, binance, buy, "Revoked key", "Other customer")
     binance.accounts.pop(binance.api_key)  # the first customer deleted the API key at Binance
 
     with after_grace(), django_capture_on_commit_callbacks(execute=True):
@@ -456,12 +462,7 @@ def test_an_account_that_crashes_does_not_stop_the_others(owner, other, binance,
                                                           django_capture_on_commit_callbacks):
     from brokers.services import reconcile as service
 
-    crashing, crashing_key = connect_binance(owner, binance, label="Crashing")
-    buy(crashing_key, "0.002")
-    api_key, api_secret = binance.add_account()
-    fine, fine_key = connect_binance(other, binance, label="Fine", api_key=api_key, api_secret=api_secret)
-    buy(fine_key, "0.002")
-    binance_app_order(binance, "SELL", "0.002", api_key=api_key)
+    crashing, fine = two_long_customers(owner, other, binance, buy, "Crashing", "Fine")
     held = service._held
 
     def _held(adapter):
