@@ -378,9 +378,27 @@ class Bodies:
 # --------------------------------------------------------------------------------------------- open-loop client
 
 
+# uvicorn closes a keep-alive connection idle for 5 s (--timeout-keep-alive); a client that reuses one just then
+# gets its request dropped unanswered. Like a browser, the client retires its idle connections before that.
+IDLE_RETIRE_S = 4.0
+
+
 class Conn:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
+        self.used = time.perf_counter()
+
+
+def _reusable(idle: list[Conn]) -> tuple[Conn | None, int]:
+    """The most recently used idle connection, and how many idle too long were closed on the way."""
+    closed = 0
+    while idle:
+        conn = idle.pop()
+        if time.perf_counter() - conn.used < IDLE_RETIRE_S:
+            return conn, closed
+        conn.writer.close()
+        closed += 1
+    return None, closed
 
 
 async def _exchange(conn: Conn, path: str, body: bytes) -> tuple[int, bytes]:
@@ -411,7 +429,8 @@ async def open_loop(port: int, bodies: Bodies, rate: float, duration: float, max
     async def one(scheduled: float) -> None:
         nonlocal opened
         path, body = bodies.next()
-        conn = idle.pop() if idle else None
+        conn, closed = _reusable(idle)
+        opened -= closed
         if conn is None:
             if opened >= max_conns:
                 results.append({"status": "not_sent", "error": f"client cap of {max_conns} connections in flight",
@@ -425,9 +444,10 @@ async def open_loop(port: int, bodies: Bodies, rate: float, duration: float, max
             status, payload = await asyncio.wait_for(_exchange(conn, path, body), timeout)
         except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
             conn.writer.close()
+            opened -= 1
             results.append({"error": repr(exc)[:200], "lag": sent - scheduled})
             return
-        done = time.perf_counter()
+        done = conn.used = time.perf_counter()
         idle.append(conn)
         item = {"status": status, "ms": (done - sent) * 1000, "ms_sched": (done - scheduled) * 1000,
                 "lag": sent - scheduled}

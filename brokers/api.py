@@ -23,7 +23,7 @@ from brokers.adapters.base import BrokerTransient
 from brokers.forms import LIVE_OFF_HELP, NO_SPACES, PRODUCTS, proxy_validator
 from brokers.models import Broker, BrokerAccount, Execution, Order, Position
 from brokers.services import account_create, account_set_enabled, api_key_regenerate, connect, position_close
-from tradeflow.api_common import Conflict, UtcDateTimeFilter, owned
+from tradeflow.api_common import Conflict, IntegerFilter, UtcDateTimeFilter, owned
 from webhooks.services import WebhookError
 
 # Broker options a customer may read back; anything else (a proxy URL with its password) stays server-side.
@@ -294,7 +294,7 @@ class PositionSerializer(serializers.ModelSerializer):
 
 class PositionFilter(django_filters.FilterSet):
     status = django_filters.ChoiceFilter(choices=Position.Status.choices)
-    account = django_filters.NumberFilter(field_name="account_id")
+    account = IntegerFilter(field_name="account_id")
     symbol = django_filters.CharFilter(field_name="symbol", lookup_expr="iexact")
 
     class Meta:
@@ -349,7 +349,7 @@ class OrderSerializer(serializers.ModelSerializer):
 
 
 class OrderFilter(django_filters.FilterSet):
-    account = django_filters.NumberFilter(field_name="account_id")
+    account = IntegerFilter(field_name="account_id")
     symbol = django_filters.CharFilter(field_name="symbol", lookup_expr="iexact")
     status = django_filters.MultipleChoiceFilter(choices=Order.Status.choices)
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
@@ -383,7 +383,7 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
 
 class ExecutionFilter(django_filters.FilterSet):
-    account = django_filters.NumberFilter(field_name="account_id")
+    account = IntegerFilter(field_name="account_id")
     status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
     signal = django_filters.UUIDFilter(field_name="signal_id")
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")

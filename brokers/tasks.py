@@ -87,6 +87,24 @@ def executions_batch_task(execution_ids: list[int]) -> int:
     return outcome.finished
 
 
+@shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def executions_drain_task(execution_id: int) -> int:
+    """Run an account alert's entry with whatever other account alerts are waiting (``batch.executions_drain``).
+    Redelivered after a lost worker, it finds its execution running and leaves it to the lease and the sweeper, as
+    a redelivered batch does."""
+    from brokers.services.batch import executions_drain
+
+    try:
+        outcome = executions_drain(execution_id)
+    except Exception:  # e.g. the database away at the claim: the execution's own task retries with backoff
+        log.exception("drain of execution %s could not run; running it on its own", execution_id)
+        execution_run_task.delay(execution_id)
+        return 0
+    for pk in outcome.single:
+        execution_run_task.delay(pk)
+    return outcome.finished
+
+
 @shared_task(ignore_result=True)
 def executions_sweep() -> int:
     """Re-enqueue executions whose message was lost (a broker flush, a crash between commit and publish).

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from dataclasses import replace
 from decimal import Decimal
 
 from django.conf import settings
@@ -11,7 +13,7 @@ from django.utils import timezone
 from accounts.services import audit_record
 from brokers.models import BrokerAccount, Execution, Position
 from risk.models import RiskAdmission, RiskConfig, TradingHalt
-from risk.rules import ALLOW, Decision, entry_decide, intent_value, is_exit, money, reject
+from risk.rules import ALLOW, Counters, Decision, entry_decide, intent_value, is_exit, money, reject
 from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
 
 log = logging.getLogger(__name__)
@@ -121,42 +123,43 @@ def bot_open_counts(executions: list[Execution]) -> dict[tuple[int, int], int]:
 def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decision]:
     """``entry_admit`` for many first-attempt entries at once: every user's RiskConfig row is locked (in user order,
     so two batches never deadlock), each entry decided on its user's counters, and the admitted trade slots inserted
-    in one statement, all in one transaction. A user with several entries in the list has the later ones admitted
-    one by one after it, so they see the first one's slot."""
+    in one statement, all in one transaction. A user's entries are decided in list order, each seeing the slots of
+    those admitted before it (a trade today, an open position in flight), as one by one."""
     now = now or timezone.now()
-    first: dict[int, Execution] = {}
-    later = []
-    for execution in executions:
-        if first.setdefault(execution.account.owner_id, execution) is not execution:
-            later.append(execution)
     decisions: dict[int, Decision] = {}
-    flatten = []
-    if first:
+    flatten: dict[int, object] = {}
+    if executions:
         with transaction.atomic():
             def locked(user_ids):
                 rows = RiskConfig.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id")
                 return {config.user_id: config for config in rows}
 
-            configs = locked(sorted(first))
-            if missing := sorted(first.keys() - configs.keys()):  # users' first entries
+            users = sorted({e.account.owner_id for e in executions})
+            configs = locked(users)
+            if missing := sorted(set(users) - configs.keys()):  # users' first entries
                 RiskConfig.objects.bulk_create([RiskConfig(user_id=uid) for uid in missing], ignore_conflicts=True)
                 configs |= locked(missing)
             admissions = []
-            for uid, execution in first.items():
+            counted: dict[tuple[int, int], Counters] = {}  # (user, account): read before this batch's slots
+            slots: Counter = Counter()  # user: slots admitted so far in this batch
+            for execution in executions:
+                user, uid = execution.account.owner, execution.account.owner_id
                 config = execution.risk_config = configs[uid]
-                user = execution.account.owner
-                counters = risk_counters(user=user, account=execution.account, config=config, now=now)
+                key = (uid, execution.account_id)
+                if key not in counted:
+                    counted[key] = risk_counters(user=user, account=execution.account, config=config, now=now)
+                counters = replace(counted[key], trades_today=counted[key].trades_today + slots[uid],
+                                   open_positions=counted[key].open_positions + slots[uid])
                 decision = decisions[execution.pk] = entry_decide(config, counters, execution.intent, now)
                 if decision.allowed:
+                    slots[uid] += 1
                     admissions.append(RiskAdmission(execution=execution, user=user,
                                                     value=intent_value(execution.intent) or Decimal("0")))
                 elif decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
-                    flatten.append(user)
+                    flatten[uid] = user
             RiskAdmission.objects.bulk_create(admissions)
-    for user in flatten:
+    for user in flatten.values():
         positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
-    for execution in later:
-        decisions[execution.pk] = entry_admit(execution=execution, now=now)
     return decisions
 
 

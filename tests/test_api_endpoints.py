@@ -147,6 +147,73 @@ def test_order_filters(api, owner, paper):
     assert bad.status_code == 400 and set(bad.json()["error"]["fields"]) == {"status", "created_after"}
 
 
+
+def _integer_filters() -> list[tuple[str, str]]:
+    """(list URL, query parameter) for every integer filter of every API list endpoint, found from the routes."""
+    from django.urls import reverse
+
+    from tradeflow import api_urls
+    from tradeflow.api_common import IntegerFilter
+
+    found = []
+    for route in api_urls.urlpatterns:
+        filterset = getattr(getattr(route.callback, "view_class", None), "filterset_class", None)
+        for name, filter_ in (filterset.base_filters.items() if filterset else ()):
+            if isinstance(filter_, IntegerFilter):
+                found.append((reverse(route.name), name))
+    return found
+
+
+def test_api_filtersets_use_the_bounded_integer_filter():
+    """A bare NumberFilter takes any decimal and lets SQLite overflow (a 500): every number filter is IntegerFilter."""
+    import django_filters
+
+    from tradeflow import api_urls
+    from tradeflow.api_common import IntegerFilter
+
+    bare = [f"{route.name}.{name}" for route in api_urls.urlpatterns
+            for name, filter_ in getattr(getattr(getattr(route.callback, "view_class", None), "filterset_class", None),
+                                         "base_filters", {}).items()
+            if isinstance(filter_, django_filters.NumberFilter) and not isinstance(filter_, IntegerFilter)]
+    assert bare == []
+    assert {url for url, name in _integer_filters() if name == "account"} == {
+        "/api/v1/positions/", "/api/v1/orders/", "/api/v1/executions/", "/api/v1/signals/", "/api/v1/webhook-log/"}
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "9.223372036854776e+18", "-9223372036854775809", "1.5",
+                                   "99999999999999999999999"])
+def test_integer_filters_out_of_range_are_a_400_naming_the_field(api, paper, value):
+    """Found by schemathesis: ?account=9.223372036854776e+18 was an OverflowError (500) on SQLite."""
+    filters = _integer_filters()
+    assert ("/api/v1/orders/", "account") in filters and ("/api/v1/webhook-log/", "status") in filters
+    for url, name in filters:
+        response = api("get", url, {name: value})
+        assert response.status_code == 400, (url, name, response.content)
+        error = response.json()["error"]
+        assert error["code"] == "invalid_fields" and set(error["fields"]) == {name}, (url, error)
+        assert f"{name}:" in error["message"]
+
+
+def test_integer_filters_take_any_value_their_column_holds(api, paper):
+    account, _ = paper
+    _order(account, 1, symbol="BTCUSDT", status=Order.Status.FILLED)
+    for url, name in _integer_filters():
+        for value in ("9223372036854775807", "-9223372036854775808", "0") if name == "account" else ("32767", "0"):
+            response = api("get", url, {name: value})
+            assert response.status_code == 200 and response.json()["results"] == [], (url, name, value)
+    assert api("get", "/api/v1/orders/", {"account": str(account.pk)}).json()["count"] == 1
+    assert api("get", "/api/v1/webhook-log/", {"status": "32768"}).status_code == 400  # a smallint column
+
+
+@pytest.mark.parametrize("path", ["accounts/{}/", "accounts/{}/enable/", "positions/{}/", "positions/{}/close/",
+                                  "executions/{}/", "webhook-log/{}/", "orders/{}/", "subscriptions/{}/",
+                                  "subscriptions/{}/pause/"])
+def test_ids_past_64_bits_in_the_path_are_a_404(api, paper, path):
+    for pk in ("9223372036854775808", "99999999999999999999999999"):
+        method = "get" if path.count("/") == 2 else "post"
+        response = api(method, "/api/v1/" + path.format(pk))
+        assert response.status_code == 404 and response.json()["error"]["code"] == "not_found", (path, response)
+
 def test_executions_and_signals_carry_rejection_reasons(api, paper):
     account, _ = paper
     signal = Signal.objects.create(account=account, format=Signal.Format.UNIFY, body_hash="h", payload={"x": 1},

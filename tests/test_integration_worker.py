@@ -252,8 +252,35 @@ def test_webhook_alert_is_filled_by_the_worker(client, account, start_worker):
     position = Position.objects.get(account=account, status="open")
     assert (position.symbol, position.side, position.qty) == ("NIFTYBEES", "long", 10)
     assert position.stop_loss == Decimal("262.746")
-    wait_until(lambda: re.search(r"execution_run_task\[[-\w]+\] succeeded in ", worker.log()) is not None, worker,
-               "the worker to log the task's success", timeout=5)
+    # A paper entry is drained (brokers.services.batch.executions_drain): its task ran it.
+    wait_until(lambda: re.search(r"executions_drain_task\[[-\w]+\] succeeded in [\d.]+s: 1", worker.log())
+               is not None, worker, "the worker to log the task's success", timeout=5)
+
+
+def test_a_burst_of_alerts_is_drained_by_two_worker_processes_each_alert_filled_once(client, account, start_worker):
+    """40 alerts stored before the worker starts: its two processes drain them in batches (each drain takes what
+    waits, the others' messages find their alerts taken), and every alert ends filled with one order."""
+    ids = []
+    for n in range(40):
+        body = {**BUY, "id": f"burst-{n}", "intent": {**BUY["intent"], "price": str(265 + n)}}
+        response = client.post(f"/api/v1/webhooks/{account.raw_key}", data=json.dumps(body), content_type="text/plain")
+        assert response.status_code == 202, response.content
+        ids.append(Execution.objects.get(signal_id=response.json()["signal_id"]).pk)
+    worker = start_worker(concurrency=2)
+
+    wait_until(lambda: all(_status(pk) in Execution.TERMINAL for pk in ids), worker, "the 40 alerts to finish")
+    assert set(Execution.objects.filter(pk__in=ids).values_list("status", "attempts")) == {("filled", 1)}
+    assert Order.objects.filter(execution_id__in=ids).count() == 40
+    assert PaperOrder.objects.filter(account=account).count() == 40
+    position = Position.objects.get(account=account, status="open")
+    assert (position.qty, position.avg_price) == (400, Decimal("284.5"))  # 265 … 304, each fill booked once
+
+    def drained() -> list[int]:  # what each alert's drain task finished
+        return [int(n) for n in re.findall(r"executions_drain_task\[[-\w]+\] succeeded in [\d.]+s: (\d+)",
+                                           worker.log())]
+
+    wait_until(lambda: len(drained()) == 40, worker, "every alert's message to be consumed", timeout=10)
+    assert sum(drained()) == 40 and max(drained()) > 1  # batches, and no alert finished twice
 
 
 def test_the_same_task_delivered_four_times_places_one_order(account, start_worker, celery_app):

@@ -9,10 +9,15 @@ from __future__ import annotations
 from datetime import UTC
 
 import django_filters
+from django import forms
 from django.core.exceptions import ObjectDoesNotExist
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db.backends.base.operations import BaseDatabaseOperations
 from django.http import Http404
+from django_filters.utils import get_model_field
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import exceptions, pagination
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -121,6 +126,42 @@ class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
             except (OverflowError, ValueError) as exc:
                 raise exceptions.ValidationError({self.field_name: "Date-time out of range"}) from exc
         return super().filter(qs, value)
+
+
+# What each integer column holds, by Django field type: PostgreSQL's limits (SQLite's are looser, 64 bits for all),
+# so a filter answers the same on both.
+INTEGER_RANGES = BaseDatabaseOperations.integer_field_ranges
+INT64_RANGE = INTEGER_RANGES["BigIntegerField"]
+
+
+@extend_schema_field(OpenApiTypes.INT64)
+class IntegerFilter(django_filters.NumberFilter):
+    """A whole-number filter (an id such as ``account``, a status code), for every API FilterSet instead of
+    ``NumberFilter``: a value its column cannot hold (past 64 bits, ``9.2e+18``, ``1.5``) is a 400 naming the field.
+    ``NumberFilter`` takes any decimal, and SQLite raises ``OverflowError`` on a foreign key past 64 bits: a 500.
+
+    The bounds are the column's (a foreign key's are those of the key it points to); ``min_value``/``max_value``
+    given to the filter win."""
+
+    field_class = forms.IntegerField
+
+    def get_max_validator(self):
+        return None  # NumberFilter's 1e50 cap: the column's bounds below replace it
+
+    def column_range(self) -> tuple[int, int]:
+        model_field = get_model_field(self.model, self.field_name) if getattr(self, "model", None) else None
+        if model_field is not None and (model_field.many_to_one or model_field.one_to_one):
+            model_field = model_field.target_field
+        internal_type = model_field.get_internal_type() if model_field is not None else None
+        return INTEGER_RANGES.get(internal_type, INT64_RANGE)
+
+    @property
+    def field(self):
+        if not hasattr(self, "_field"):
+            low, high = self.column_range()
+            self.extra.setdefault("min_value", low)
+            self.extra.setdefault("max_value", high)
+        return super().field
 
 
 class Pagination(pagination.PageNumberPagination):

@@ -276,6 +276,9 @@ BOT_DEFER_PROTECTION = envbool("BOT_DEFER_PROTECTION", False)
 # task; 0 runs every subscriber as its own task (the one-by-one engine). Threads per batch for broker calls.
 BOT_BATCH_SIZE = env.int("BOT_BATCH_SIZE", default=100)
 BATCH_BROKER_THREADS = env.int("BATCH_BROKER_THREADS", default=50)
+# Account alerts' entries on paper accounts run through the same batch engine (brokers.services.batch.executions_drain):
+# each one's task also takes the alerts queued behind it, up to this many in all (1 runs each on its own).
+WEBHOOK_BATCH_SIZE = env.int("WEBHOOK_BATCH_SIZE", default=20)
 # In embedded mode eager tasks are handed to a thread so the webhook answers before execution.
 TASKS_IN_THREAD = envbool("TASKS_IN_THREAD", not REDIS_URL)
 CELERY_TASK_ACKS_LATE = True

@@ -11,7 +11,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import generics, serializers
 
 from brokers.api import ExecutionSerializer
-from tradeflow.api_common import UtcDateTimeFilter, owned
+from tradeflow.api_common import IntegerFilter, UtcDateTimeFilter, owned
 from webhooks.models import Signal, WebhookLog
 from webhooks.selectors import signal_get, signal_list, webhook_log_list
 
@@ -33,7 +33,7 @@ class SignalSerializer(serializers.ModelSerializer):
         return ExecutionSerializer(rows, many=True).data
 
 class SignalFilter(django_filters.FilterSet):
-    account = django_filters.NumberFilter(field_name="account_id")
+    account = IntegerFilter(field_name="account_id")
     format = django_filters.ChoiceFilter(choices=Signal.Format.choices)
     received_after = UtcDateTimeFilter(field_name="received_at", lookup_expr="gte")
     received_before = UtcDateTimeFilter(field_name="received_at", lookup_expr="lt")
@@ -70,8 +70,8 @@ class WebhookLogSerializer(serializers.ModelSerializer):
 
 
 class WebhookLogFilter(django_filters.FilterSet):
-    account = django_filters.NumberFilter(field_name="account_id")
-    status = django_filters.NumberFilter(field_name="status")
+    account = IntegerFilter(field_name="account_id")
+    status = IntegerFilter(field_name="status")
     created_after = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
 

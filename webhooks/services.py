@@ -279,7 +279,8 @@ def accept_once(inbound: Inbound, *, target: str, client_id: str, payload_text: 
 
 
 def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: str, payload_text: str) -> Reply:
-    from brokers.tasks import execution_run_task
+    from brokers.services.batch import drains
+    from brokers.tasks import execution_run_task, executions_drain_task
     from tradeflow.queue import enqueue
 
     def store(signal_id: uuid.UUID, body_hash: str) -> Reply:
@@ -297,7 +298,8 @@ def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: s
             (WebhookLog, log_values(inbound, reply, account=account, signal=None, signal_id=signal_id,
                                     payload=payload_text)),
         )
-        enqueue(execution_run_task, execution.pk)
+        # A paper entry is drained with the alerts queued beside it (adaptive batches); anything else runs alone.
+        enqueue(executions_drain_task if drains(account, intent) else execution_run_task, execution.pk)
         return reply
 
     def existing():

@@ -59,13 +59,23 @@ def quote_set(*, broker: str, symbol: str, price: Decimal) -> None:
                               update_fields=["price", "updated_at"])
 
 
+def quotes_set(*, broker: str, prices: dict[str, Decimal]) -> None:
+    """``quote_set`` for many symbols in one upsert statement (a batch's fills)."""
+    now = timezone.now()
+    Quote.objects.bulk_create([Quote(broker=broker, symbol=symbol, price=price, updated_at=now)
+                               for symbol, price in sorted(prices.items())],  # in key order: no upsert deadlocks
+                              update_conflicts=True, unique_fields=["broker", "symbol"],
+                              update_fields=["price", "updated_at"])
+
+
 class PaperAdapter(BrokerAdapter):
     broker = Broker.PAPER
 
-    def _market_price(self, request: OrderRequest) -> Decimal:
+    @staticmethod
+    def _price(request: OrderRequest, quote: Decimal | None) -> Decimal | None:
+        """Where a market order fills: the alert's price, the last quote, an index option's estimate; else None."""
         if request.reference_price:
             return request.reference_price
-        quote = Quote.objects.filter(broker=self.broker, symbol=request.symbol).values_list("price", flat=True).first()
         if quote:
             return quote
         option = request.extra.get("option")
@@ -74,10 +84,18 @@ class PaperAdapter(BrokerAdapter):
                 spot=Decimal(option["spot"]), strike=Decimal(option["strike"]), option_type=option["option_type"],
                 expiry=date.fromisoformat(option["expiry"]) if option.get("expiry") else None,
             )
-        raise BrokerRejected(
-            f"No price known for {request.symbol}: send the price in the alert (e.g. \"price\": {{{{close}}}})",
-            code="no_price",
-        )
+        return None
+
+    def _market_price(self, request: OrderRequest) -> Decimal:
+        quote = None if request.reference_price else Quote.objects.filter(
+            broker=self.broker, symbol=request.symbol).values_list("price", flat=True).first()
+        price = self._price(request, quote)
+        if price is None:
+            raise BrokerRejected(
+                f"No price known for {request.symbol}: send the price in the alert (e.g. \"price\": {{{{close}}}})",
+                code="no_price",
+            )
+        return price
 
     def place_order(self, request: OrderRequest) -> OrderResult:
         # A client id seen before answers with its first fill: the unique key finds it (no SELECT up front; the
@@ -108,27 +126,32 @@ class PaperAdapter(BrokerAdapter):
 
     @classmethod
     def place_batch(cls, items: list[tuple[PaperAdapter, OrderRequest]]) -> list[OrderResult | BrokerError]:
-        """``place_order`` for many first-time orders (a batch of bot subscribers): one INSERT for the market orders
-        whose price is known, one quote update per symbol. Anything else, or a client id placed before, goes
-        through ``place_order`` one by one, which answers exactly as it would alone."""
-        known = dict(Quote.objects.filter(broker=cls.broker, symbol__in={
+        """``place_order`` for many first-time orders (a batch of executions): one INSERT for the market orders whose
+        price is known, one quote update per symbol. Prices as one by one in list order: an order without a price
+        fills at the last one before it in the batch. Anything else (a limit order, no price known), or a client id
+        placed before, goes through ``place_order`` one by one, which answers exactly as it would alone."""
+        quotes = dict(Quote.objects.filter(broker=cls.broker, symbol__in={
             r.symbol for _, r in items if not r.reference_price}).values_list("symbol", "price"))
-        simple = [n for n, (_, r) in enumerate(items)
-                  if r.order_type == "market" and (r.reference_price or known.get(r.symbol))]
+        simple, rows = [], []
+        for n, (adapter, request) in enumerate(items):
+            price = cls._price(request, quotes.get(request.symbol)) if request.order_type == "market" else None
+            if price is None:
+                continue
+            quotes[request.symbol] = price
+            simple.append(n)
+            rows.append(PaperOrder(account=adapter.account, client_order_id=request.client_order_id,
+                                   symbol=request.symbol, side=request.side, qty=request.qty, price=price))
         results: list[OrderResult | BrokerError | None] = [None] * len(items)
-        rows = [PaperOrder(account=items[n][0].account, client_order_id=items[n][1].client_order_id,
-                           symbol=items[n][1].symbol, side=items[n][1].side, qty=items[n][1].qty,
-                           price=items[n][1].reference_price or known[items[n][1].symbol]) for n in simple]
         try:
             with transaction.atomic():
                 PaperOrder.objects.bulk_create(rows)
+                if rows:
+                    quotes_set(broker=cls.broker, prices={row.symbol: row.price for row in rows})
         except IntegrityError:  # a client id already in the book: each finds its first fill on its own
             simple = []
         else:
             for n, row in zip(simple, rows, strict=True):
                 results[n] = cls._result(row)
-            for symbol, price in {row.symbol: row.price for row in rows}.items():
-                quote_set(broker=cls.broker, symbol=symbol, price=price)
         for n, (adapter, request) in enumerate(items):
             if results[n] is None:
                 try:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Value, When
 from django.utils import timezone
 
 from brokers.adapters import get_adapter
@@ -49,6 +49,7 @@ from brokers.adapters.base import (
 )
 from brokers.live import execution_event, publish_many
 from brokers.models import Broker, Execution, Order
+from brokers.services.breakeven import position_breakeven_record
 from brokers.services.execution import (
     LEASE,
     ORDER_STATUS,
@@ -63,7 +64,7 @@ from brokers.services.execution import (
     execution_reason,
     protection_levels,
 )
-from brokers.services.outcomes import OUTCOME, execution_record_slippage
+from brokers.services.outcomes import OUTCOME, execution_log_outcome, execution_record_slippage
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import Fill, positions_apply_fills
 from tradeflow.fastinsert import update_many
@@ -83,29 +84,74 @@ class BatchOutcome:
 class _Item:
     execution: Execution
     adapter: BrokerAdapter
-    leg: LegPlan
-    order: Order | None = None
+    legs: list[LegPlan]  # [main], or an options entry's [hedge, main]
+    leg: LegPlan | None = None  # the leg being placed
+    order: Order | None = None  # its order row
+    done: list[str] = field(default_factory=list)  # legs filled so far
+
+
+def drains(account, intent: dict) -> bool:
+    """An account alert the webhook hands to ``executions_drain`` instead of its own one-by-one task: an entry in
+    the unified or the options format on the paper broker (its fills are TradeFlow's own rows, so a batch of them
+    costs a few statements). Live accounts' alerts go one by one: their time is the broker's round trip."""
+    return account.is_paper and intent.get("action") == "entry" and intent.get("format") in ("unify.v1", "options")
 
 
 def batchable(execution: Execution) -> bool:
-    """A bot subscriber's first attempt at a plain entry on the paper broker or Binance."""
+    """A first attempt at an entry the batch engine runs: a bot subscriber's plain entry on the paper broker or
+    Binance, or an account alert that ``drains``."""
     intent, account = execution.intent, execution.account
-    return (execution.kind == Execution.Kind.SIGNAL and execution.subscription_id is not None
-            and execution.status == Execution.Status.PENDING and execution.attempts == 0
-            and intent.get("format") == "bot" and intent.get("action") == "entry" and not intent.get("option")
+    if not (execution.kind == Execution.Kind.SIGNAL and execution.status == Execution.Status.PENDING
+            and execution.attempts == 0 and intent.get("action") == "entry"):
+        return False
+    if execution.subscription_id is None:
+        return drains(account, intent)
+    return (intent.get("format") == "bot" and not intent.get("option")
             and (account.is_paper or account.broker == Broker.BINANCE)
             # A resumed run (SL/TP after a transient error) plans the entry again: only at the alert's own price.
             and (account.is_paper or bool(intent.get("price")) or not (intent.get("sl") or intent.get("tp"))))
 
 
+def _rows(condition: Q):
+    return Execution.objects.select_related("account", "account__owner", "account__owner__trading_settings",
+                                            "signal").filter(condition)
+
+
 def executions_run_batch(execution_ids: list[int]) -> BatchOutcome:
     """Run what it can of ``execution_ids`` as one batch; the outcome says which ids the caller must hand to the
     one-by-one task (``single``)."""
-    rows = (Execution.objects.select_related("account", "account__owner", "account__owner__trading_settings",
-                                             "signal").filter(pk__in=execution_ids))
-    candidates = {e.pk: e for e in rows if batchable(e)}
-    claimed = _claim(list(candidates.values()))
-    outcome = BatchOutcome(single=[pk for pk in execution_ids if pk not in claimed])
+    candidates = [e for e in _rows(Q(pk__in=execution_ids)) if batchable(e)]
+    wanted = {e.pk for e in candidates}
+    return _claim_and_run(candidates, execution_ids, BatchOutcome(
+        single=[pk for pk in execution_ids if pk not in wanted]))
+
+
+def executions_drain(execution_id: int, *, limit: int | None = None) -> BatchOutcome:
+    """Run account alert ``execution_id`` together with the other account alerts waiting for a worker right now
+    (oldest first, up to ``WEBHOOK_BATCH_SIZE`` in all): adaptive batching. Alone, it is a batch of one; under a
+    burst, each drain takes what queued behind the busy workers, so a worker's cost per alert falls as the load
+    rises instead of the queue growing. Every drained execution's own message is still on its way: finding its
+    execution taken (running or finished), that drain runs whatever else is waiting, or nothing."""
+    limit = limit or settings.WEBHOOK_BATCH_SIZE
+    waiting = Q(status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True)
+    rows = list(_rows(Q(pk=execution_id) | waiting)
+                .order_by(Case(When(pk=execution_id, then=Value(0)), default=Value(1)), "pk")[:limit])
+    candidates = [e for e in rows if batchable(e)]
+    own = next((e for e in rows if e.pk == execution_id), None)
+    outcome = BatchOutcome()
+    if own is not None and own.status == Execution.Status.PENDING and own not in candidates:
+        outcome.single.append(execution_id)  # e.g. its account went live meanwhile: the one-by-one path runs it
+    return _claim_and_run(candidates, [execution_id], outcome)
+
+
+def _claim_and_run(candidates: list[Execution], requested: list[int], outcome: BatchOutcome) -> BatchOutcome:
+    claimed = _claim(candidates)
+    # A requested execution another worker holds is that worker's to finish (the sweeper resumes it should that
+    # worker die). Only one still pending (skipped while locked for a moment) goes on one by one: its message is
+    # this one.
+    if missed := [e.pk for e in candidates if e.pk in requested and e.pk not in claimed]:
+        outcome.single += list(Execution.objects.filter(pk__in=missed, status=Execution.Status.PENDING)
+                               .values_list("pk", flat=True))
     if not claimed:
         return outcome
     try:
@@ -174,7 +220,8 @@ def _run(executions: list[Execution], outcome: BatchOutcome) -> None:
             finish(execution, Execution.Status.FAILED, exc.code or "broker_rejected",
                    f"Could not prepare the order: {exc.message}")
             continue
-        if [leg.leg for leg in legs] != ["main"]:  # not a plain entry after all: one by one
+        if [leg.leg for leg in legs] not in (["main"], ["hedge", "main"]) or (
+                len(legs) > 1 and not execution.account.is_paper):  # not a plain entry after all: one by one
             outcome.single.append(execution.pk)
             continue
         if (value := _unpriced_entry_value(execution, legs)) is not None:
@@ -182,12 +229,15 @@ def _run(executions: list[Execution], outcome: BatchOutcome) -> None:
             if not decision.allowed:
                 finish(execution, Execution.Status.REJECTED, decision.code, decision.message)
                 continue
-        items.append(_Item(execution, adapter, legs[0]))
+        items.append(_Item(execution, adapter, legs))
     _release(outcome.single)
-    if items:
+    # Legs in plan order, a step for all at once: the hedges first, and a main leg only against a filled hedge.
+    while items:
+        for item in items:
+            item.leg = item.legs[len(item.done)]
         _reserve(items)
         results = place_many([(item.adapter, _request(item.order, item.leg)) for item in items])
-        _record(items, results, finish, outcome)
+        items = _record(items, results, finish, outcome)
     _finish(done, outcome)
 
 
@@ -198,9 +248,9 @@ def _release(ids: list[int]) -> None:
 
 
 def _reserve(items: list[_Item]) -> None:
-    """Every order row inserted ``sending`` in one statement: the durable mark that the broker may have it. These
-    executions were never attempted, so no reservation exists yet (the unique key would stop the batch if one did:
-    the one-by-one path then takes over)."""
+    """Every item's order row for its current leg inserted ``sending`` in one statement: the durable mark that the
+    broker may have it. These executions were never attempted, so no reservation exists yet (the unique key would
+    stop the batch if one did: the one-by-one path then takes over)."""
     now = timezone.now()
     for item in items:
         execution, leg = item.execution, item.leg
@@ -239,17 +289,24 @@ def _place_one(adapter: BrokerAdapter, request: OrderRequest) -> OrderResult | B
         return BrokerAmbiguous(f"{exc.__class__.__name__}: {exc}", code="internal_error")
 
 
-def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) -> None:
-    """The brokers' answers onto the orders, and the fills into the positions, in one transaction."""
+def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) -> list[_Item]:
+    """The brokers' answers onto the orders, and the fills into the positions, in one transaction. Returns the items
+    with a leg still to place (a filled hedge's main leg)."""
     orders: list[Order] = []
     fills: list[Fill] = []
     protect: list[tuple[_Item, OrderResult, dict]] = []
+    breakeven: list[Order] = []
+    going_on: list[_Item] = []
     now = timezone.now()
     for item, result in zip(items, results, strict=True):
         execution, leg, order = item.execution, item.leg, item.order
-        if isinstance(result, BrokerTransient | BrokerAmbiguous):
+        hedge_unsettled = leg.leg == "hedge" and isinstance(result, OrderResult) and result.status not in (
+            "filled", "rejected")
+        if isinstance(result, BrokerTransient | BrokerAmbiguous) or hedge_unsettled:
             # The order stays ``sending``: the one-by-one path looks it up by client id before anything else.
-            log.warning("order %s: %s; the one-by-one path settles it", order.client_order_id, result.message)
+            # (A hedge still working is the one-by-one path's to cancel or wait for: the main leg waits on it.)
+            log.warning("order %s: %s; the one-by-one path settles it", order.client_order_id,
+                        getattr(result, "message", f"hedge {getattr(result, 'status', '')}"))
             outcome.single.append(execution.pk)
             continue
         if isinstance(result, BrokerError) or result.status == "rejected":
@@ -263,7 +320,7 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
             if auth:
                 _mark_login_needed(execution.account, error)
             finish(execution, Execution.Status.FAILED, error.code or ("auth" if auth else "broker_rejected"),
-                   _leg_failure(leg, error, []))
+                   _leg_failure(leg, error, item.done))
             continue
         status = ORDER_STATUS.get(result.status, Order.Status.OPEN)
         order.status, order.broker_order_id, order.raw = status, result.broker_order_id or "", result.raw or {}
@@ -271,6 +328,12 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
         order.reject_reason = result.reject_reason or ""
         order.filled_at = now if status == Order.Status.FILLED else None
         orders.append(order)
+        if leg.leg == "hedge":  # filled (the others went on above): its main leg is next
+            item.done.append(leg.leg)
+            going_on.append(item)
+            fills.append(Fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
+                              price=result.avg_price, meta=leg.meta))
+            continue
         _record_latency(execution)
         if status == Order.Status.CANCELLED:
             finish(execution, Execution.Status.FAILED, "order_cancelled", _leg_cancelled(leg, result, []))
@@ -287,14 +350,19 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
                 finish(execution, Execution.Status.FILLED)
             fills.append(Fill(account=order.account, symbol=order.symbol, side=order.side, qty=result.filled_qty,
                               price=result.avg_price, meta=leg.meta, levels=levels))
+            if leg.meta.get("role") == "main":  # a filled options entry
+                breakeven.append(order)
     with transaction.atomic():
         update_many(orders, ["status", "broker_order_id", "filled_qty", "avg_price", "raw",
                                            "reject_reason", "filled_at"])
         if fills:
             positions_apply_fills(fills)
+        for order in breakeven:
+            position_breakeven_record(account=order.account, symbol=order.symbol)
     if protect:
         _protect(protect, finish, outcome)
     _release(outcome.single)
+    return going_on
 
 
 def _protect(protect: list[tuple[_Item, OrderResult, dict]], finish, outcome: BatchOutcome) -> None:
@@ -371,5 +439,8 @@ def _finish(executions: list[Execution], outcome: BatchOutcome) -> None:
 
         for signal_id, changes in by_signal.items():
             Signal.objects.filter(pk=signal_id).update(**changes)
+        for execution in saved:
+            if execution.signal_id and not execution.subscription_id:
+                execution_log_outcome(execution)
     outcome.finished += len(saved)
     publish_many([(e.account.owner_id, execution_event(e)) for e in saved])

@@ -18,7 +18,7 @@ OUTCOME = {Execution.Status.FILLED: "successful", Execution.Status.PLACED: "succ
            Execution.Status.REJECTED: "rejected", Execution.Status.FAILED: "failed"}
 
 
-def _log_outcome(execution: Execution) -> None:
+def execution_log_outcome(execution: Execution) -> None:
     """An account alert's rejection or failure also shows on its webhook log row (which said 202)."""
     if execution.status in (Execution.Status.REJECTED, Execution.Status.FAILED):
         from webhooks.models import WebhookLog
@@ -31,7 +31,7 @@ def execution_save_outcome(execution: Execution, fields: list[str]) -> None:
     if not (execution.signal_id and execution.subscription_id):
         execution.save(update_fields=fields)
         if execution.signal_id:
-            _log_outcome(execution)
+            execution_log_outcome(execution)
         return
     from webhooks.models import Signal
 
