@@ -204,7 +204,6 @@ def bench_env(args) -> dict[str, str]:
         "ALLOWED_HOSTS": "127.0.0.1,localhost",
         "DEBUG": "0",
         "WEBHOOK_RATE_LIMIT": "1000000/m",
-        "BILLING_TRIAL_TRADES": "100000000",  # the bench accounts trade thousands of times on the sign-up trial
         "LOG_LEVEL": args.log_level,
         "DJANGO_SETTINGS_MODULE": "tradeflow.settings",
         "PYTHONUNBUFFERED": "1",
@@ -225,11 +224,17 @@ def reset_stores(env: dict[str, str]) -> None:
 
 ACCOUNTS_SCRIPT = """
 import json
+from datetime import timedelta
+from django.utils import timezone
 from accounts.models import User
+from billing.models import BillingAccount, Plan
 from brokers.services import account_create
 out = []
+pro = Plan.objects.get(slug="pro")  # unlimited trades: a customer who trades thousands of times pays for a plan
 for i in range({n}):
     user = User.objects.create_user(f"bench{{i}}@bench.local")  # no password: unusable, and fast
+    BillingAccount.objects.filter(user=user).update(plan=pro, status="active",
+                                                    current_period_end=timezone.now() + timedelta(days=30))
     account, key = account_create(owner=user, label=f"Bench {{i}}")
     out.append({{"id": account.pk, "key": key.raw}})
 print("BENCH_KEYS " + json.dumps(out))

@@ -175,6 +175,12 @@ class Execution(models.Model):
             models.UniqueConstraint(fields=["signal", "account"], condition=Q(signal__isnull=False),
                                     name="uniq_execution_per_signal_account"),
         ]
+        indexes = [
+            # Account alerts waiting for a worker, oldest first (brokers.services.batch.executions_drain): an index
+            # scan in id order over the few pending rows, whose dead entries each scan marks for skipping.
+            models.Index(fields=["id"], name="execution_waiting_alert",
+                         condition=Q(status="pending", attempts=0, kind="signal", subscription__isnull=True)),
+        ]
 
     def __str__(self) -> str:
         return f"Execution {self.pk} ({self.status})"

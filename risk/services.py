@@ -129,7 +129,7 @@ def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decisio
     decisions: dict[int, Decision] = {}
     flatten: dict[int, object] = {}
     if executions:
-        with transaction.atomic():
+        with transaction.atomic(savepoint=False):
             def locked(user_ids):
                 rows = RiskConfig.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id")
                 return {config.user_id: config for config in rows}

@@ -159,10 +159,12 @@ def test_a_redelivered_batch_and_a_one_by_one_run_never_trade_twice(pending):
     assert (signal.successful, signal.failed, signal.rejected) == (6, 0, 0)
 
 
-def test_a_batch_that_fails_after_the_paper_broker_filled_hands_over_and_nothing_is_resent(pending, monkeypatch):
-    """The crash comes after the orders reached the (paper) broker and before they were booked: the one-by-one
-    path finds each order by its client id and books that fill; no second order, no second position."""
+def test_a_paper_batch_that_fails_after_the_fills_leaves_nothing_half_done_and_hands_over(pending, monkeypatch):
+    """On the paper broker a batch is one transaction: a crash after the paper book filled and before the positions
+    were booked rolls back the orders, the fills and the trade slots together; the one-by-one path then runs each
+    execution from the start, and each trades once."""
     from brokers.services import batch
+    from risk.models import RiskAdmission
 
     subs, signal_id, ids = pending
 
@@ -173,13 +175,13 @@ def test_a_batch_that_fails_after_the_paper_broker_filled_hands_over_and_nothing
     outcome = executions_run_batch(ids)
     assert outcome.finished == 0 and sorted(outcome.single) == sorted(ids)
     assert set(Execution.objects.values_list("status", flat=True)) == {"pending"}
-    assert set(Order.objects.values_list("status", flat=True)) == {"sending"} and PaperOrder.objects.count() == 6
+    assert not Order.objects.exists() and not PaperOrder.objects.exists() and not RiskAdmission.objects.exists()
 
     for pk in outcome.single:
         execution_run_task.apply(args=(pk,))
 
     assert PaperOrder.objects.count() == 6 and Order.objects.filter(status="filled").count() == 6
-    assert Position.objects.filter(status="open").count() == 6
+    assert Position.objects.filter(status="open").count() == 6 and RiskAdmission.objects.count() == 6
     assert set(Execution.objects.values_list("status", "attempts")) == {("filled", 2)}
     signal = Signal.objects.get(pk=signal_id)
     assert (signal.successful, signal.failed, signal.rejected) == (6, 0, 0)

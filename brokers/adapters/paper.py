@@ -143,7 +143,9 @@ class PaperAdapter(BrokerAdapter):
                                    symbol=request.symbol, side=request.side, qty=request.qty, price=price))
         results: list[OrderResult | BrokerError | None] = [None] * len(items)
         try:
-            with transaction.atomic():
+            # No savepoint inside a caller's transaction (the batch engine's, whose executions were never attempted,
+            # so no client id can be in the book): an error there fails that whole transaction, as it should.
+            with transaction.atomic(savepoint=False):
                 PaperOrder.objects.bulk_create(rows)
                 if rows:
                     quotes_set(broker=cls.broker, prices={row.symbol: row.price for row in rows})

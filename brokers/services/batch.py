@@ -29,11 +29,12 @@ import logging
 import os
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 from django.conf import settings
-from django.db import transaction
-from django.db.models import Case, F, Q, Value, When
+from django.db import connection, transaction
+from django.db.models import F, Q
 from django.utils import timezone
 
 from brokers.adapters import get_adapter
@@ -47,7 +48,7 @@ from brokers.adapters.base import (
     OrderRequest,
     OrderResult,
 )
-from brokers.live import execution_event, publish_many
+from brokers.live import execution_event, publish_on_commit
 from brokers.models import Broker, Execution, Order
 from brokers.services.breakeven import position_breakeven_record
 from brokers.services.execution import (
@@ -114,7 +115,7 @@ def batchable(execution: Execution) -> bool:
 
 def _rows(condition: Q):
     return Execution.objects.select_related("account", "account__owner", "account__owner__trading_settings",
-                                            "signal").filter(condition)
+                                            "signal").filter(condition).order_by()
 
 
 def executions_run_batch(execution_ids: list[int]) -> BatchOutcome:
@@ -133,9 +134,10 @@ def executions_drain(execution_id: int, *, limit: int | None = None) -> BatchOut
     rises instead of the queue growing. Every drained execution's own message is still on its way: finding its
     execution taken (running or finished), that drain runs whatever else is waiting, or nothing."""
     limit = limit or settings.WEBHOOK_BATCH_SIZE
-    waiting = Q(status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True)
-    rows = list(_rows(Q(pk=execution_id) | waiting)
-                .order_by(Case(When(pk=execution_id, then=Value(0)), default=Value(1)), "pk")[:limit])
+    waiting = list(Execution.objects.filter(  # the partial index execution_waiting_alert
+        status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True,
+    ).exclude(pk=execution_id).order_by("pk").values_list("pk", flat=True)[:limit - 1]) if limit > 1 else []
+    rows = sorted(_rows(Q(pk__in=[execution_id, *waiting])), key=lambda e: (e.pk != execution_id, e.pk))
     candidates = [e for e in rows if batchable(e)]
     own = next((e for e in rows if e.pk == execution_id), None)
     outcome = BatchOutcome()
@@ -173,22 +175,43 @@ def _claim(executions: list[Execution]) -> dict[int, Execution]:
     if not executions:
         return {}
     now = timezone.now()
-    with transaction.atomic():
-        ids = list(Execution.objects.select_for_update(skip_locked=True).filter(
-            pk__in=[e.pk for e in executions], status=Execution.Status.PENDING, attempts=0,
-        ).values_list("pk", flat=True))
-        Execution.objects.filter(pk__in=ids).update(status=Execution.Status.RUNNING, lease_until=now + LEASE,
-                                                    attempts=1, started_at=now)
+    lease = now + LEASE
+    if connection.vendor == "postgresql":
+        # One statement in autocommit (no BEGIN/COMMIT round trips): lock what is free, move it to running, say which.
+        table = Execution._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET status = %s, lease_until = %s, attempts = 1, started_at = %s "  # noqa: S608
+                f"WHERE id IN (SELECT id FROM {table} WHERE id = ANY(%s) AND status = %s AND attempts = 0 "
+                "FOR UPDATE SKIP LOCKED) RETURNING id",
+                [Execution.Status.RUNNING, lease, now, [e.pk for e in executions], Execution.Status.PENDING])
+            ids = {row[0] for row in cursor.fetchall()}
+    else:
+        with transaction.atomic():
+            ids = set(Execution.objects.select_for_update(skip_locked=True).filter(
+                pk__in=[e.pk for e in executions], status=Execution.Status.PENDING, attempts=0,
+            ).values_list("pk", flat=True))
+            Execution.objects.filter(pk__in=ids).update(status=Execution.Status.RUNNING, lease_until=lease,
+                                                        attempts=1, started_at=now)
     claimed = {}
     for execution in executions:
         if execution.pk in ids:
             execution.status, execution.attempts = Execution.Status.RUNNING, 1
-            execution.lease_until, execution.started_at = now + LEASE, now
+            execution.lease_until, execution.started_at = lease, now
             claimed[execution.pk] = execution
     return claimed
 
 
 def _run(executions: list[Execution], outcome: BatchOutcome) -> None:
+    """Decide, plan, reserve, place, record and finish. On the paper broker all of it is one transaction: its book is
+    in this database, so the order rows, their fills and the positions commit together or not at all (a failure
+    leaves the executions claimed and untouched, and the one-by-one path runs them from the start)."""
+    paper = all(e.account.is_paper for e in executions)
+    with transaction.atomic() if paper else nullcontext():
+        _steps(executions, outcome)
+
+
+def _steps(executions: list[Execution], outcome: BatchOutcome) -> None:
     from risk.services import entries_decide, planned_value_decide
 
     done: list[Execution] = []
@@ -258,7 +281,7 @@ def _reserve(items: list[_Item]) -> None:
                            client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,
                            order_type=leg.order_type, qty=leg.qty, price=leg.price, status=Order.Status.SENDING,
                            sent_at=now)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         Order.objects.bulk_create([item.order for item in items])
 
 
@@ -352,7 +375,7 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
                               price=result.avg_price, meta=leg.meta, levels=levels))
             if leg.meta.get("role") == "main":  # a filled options entry
                 breakeven.append(order)
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         update_many(orders, ["status", "broker_order_id", "filled_qty", "avg_price", "raw",
                                            "reject_reason", "filled_at"])
         if fills:
@@ -425,7 +448,7 @@ def _finish(executions: list[Execution], outcome: BatchOutcome) -> None:
     now = timezone.now()
     for execution in executions:
         execution.finished_at, execution.lease_until = now, None
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         held = set(Execution.objects.select_for_update().filter(
             pk__in=[e.pk for e in executions], status=Execution.Status.RUNNING, attempts=1,
         ).values_list("pk", flat=True))
@@ -443,4 +466,4 @@ def _finish(executions: list[Execution], outcome: BatchOutcome) -> None:
             if execution.signal_id and not execution.subscription_id:
                 execution_log_outcome(execution)
     outcome.finished += len(saved)
-    publish_many([(e.account.owner_id, execution_event(e)) for e in saved])
+    publish_on_commit([(e.account.owner_id, execution_event(e)) for e in saved])

@@ -136,13 +136,15 @@ def positions_apply_fills(fills: list[Fill]) -> None:
             for name, value in fill.levels.items():
                 setattr(remainder or position, name, value)
     update_many(netted, NETTED)
-    Position.objects.bulk_create(opened)
+    if opened:
+        Position.objects.bulk_create(opened)
     rows = [Position(account=f.account, symbol=f.symbol, side=Position.Side.LONG if f.side == "buy" else
                      Position.Side.SHORT, qty=f.qty, avg_price=f.price, last_price=f.price, meta=f.meta or {},
                      **f.levels) for f in fresh.values()]
     try:
-        with transaction.atomic():
-            Position.objects.bulk_create(rows)
+        if rows:
+            with transaction.atomic():
+                Position.objects.bulk_create(rows)
     except IntegrityError:  # a first fill raced ours: book those one by one
         rows, rest = [], list(fresh.values()) + rest
     publish_on_commit([(p.account.owner_id, position_event(p)) for p in netted + opened + rows])
