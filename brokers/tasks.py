@@ -87,13 +87,23 @@ def executions_batch_task(execution_ids: list[int]) -> int:
     return outcome.finished
 
 
+def executions_drain_enqueue(execution_id: int) -> None:
+    """After the commit, a drain for this account alert, unless one is queued and not started (it will find this
+    alert: it clears the flag before it looks). A burst becomes a few drain messages, not one per alert."""
+    from tradeflow.queue import enqueue
+
+    enqueue(executions_drain_task, execution_id, unless_queued=True)
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True, ignore_result=True)
 def executions_drain_task(execution_id: int) -> int:
     """Run an account alert's entry with whatever other account alerts are waiting (``batch.executions_drain``).
     Redelivered after a lost worker, it finds its execution running and leaves it to the lease and the sweeper, as
-    a redelivered batch does."""
+    a redelivered batch does. A drain that took all it may sends another one for the rest."""
     from brokers.services.batch import executions_drain
+    from tradeflow.queue import queued_clear
 
+    queued_clear(executions_drain_task)  # first: alerts stored from now on send a new drain
     try:
         outcome = executions_drain(execution_id)
     except Exception:  # e.g. the database away at the claim: the execution's own task retries with backoff
@@ -102,6 +112,9 @@ def executions_drain_task(execution_id: int) -> int:
         return 0
     for pk in outcome.single:
         execution_run_task.delay(pk)
+    request = executions_drain_task.request
+    if outcome.more and not request.is_eager:  # on the queue this one came from
+        executions_drain_task.apply_async((0,), queue=(request.delivery_info or {}).get("routing_key"))
     return outcome.finished
 
 

@@ -11,6 +11,7 @@ import redis
 from django.conf import settings
 
 from brokers.tasks import execution_run_task, executions_drain_task
+from tests.test_integration_worker import _reset_connections
 from tradeflow import queue
 
 pytestmark = pytest.mark.redis
@@ -23,11 +24,13 @@ def app():
     saved = {key: app.conf[key] for key in ("broker_url", "task_always_eager", "task_default_queue")}
     app.conf.update(broker_url=settings.TEST_REDIS_URL, task_always_eager=False,
                     task_default_queue="tftest-queue-raw")
+    _reset_connections(app)
     client = redis.Redis.from_url(settings.TEST_REDIS_URL)
     client.delete("tftest-queue-raw")
     yield app
     client.delete("tftest-queue-raw")
     app.conf.update(saved)
+    _reset_connections(app)
 
 
 def celery_sent(app, task, args):
@@ -63,3 +66,22 @@ def test_publish_puts_one_message_on_the_workers_queue_per_call(app):
     messages = [json.loads(m) for m in client.lrange("tftest-queue-raw", 0, -1)]
     assert [json.loads(base64.b64decode(m["body"]))[0] for m in messages] == [[8], [7]]  # LPUSH: newest first
     assert len({m["headers"]["id"] for m in messages}) == 2
+
+
+def test_a_flagged_publish_sends_one_message_until_the_task_clears_the_flag(app):
+    client = redis.Redis.from_url(settings.TEST_REDIS_URL)
+    flag = f"tf:queued:{executions_drain_task.name}:tftest-queue-raw"
+    client.delete(flag)
+    sent = [queue.publish(executions_drain_task, (n,), unless_queued=True) for n in range(5)]
+    assert sent == [True, False, False, False, False]  # a burst: the first one's drain finds the other four
+    assert client.llen("tftest-queue-raw") == 1 and 0 < client.ttl(flag) <= 5
+
+    # The drain started (a worker took the message off that queue): what is stored now needs a new one.
+    executions_drain_task.push_request(delivery_info={"routing_key": "tftest-queue-raw"}, is_eager=False)
+    try:
+        queue.queued_clear(executions_drain_task)
+    finally:
+        executions_drain_task.pop_request()
+    assert queue.publish(executions_drain_task, (5,), unless_queued=True) is True
+    assert client.llen("tftest-queue-raw") == 2
+    client.delete(flag)

@@ -86,18 +86,59 @@ def message_for(task, args: tuple) -> tuple[str, bytes]:
     return template.key, json.dumps({**message, "body": body, "headers": headers, "properties": properties}).encode()
 
 
-def publish(task, args: tuple) -> None:
-    """``task.delay(*args)`` in one LPUSH (the web process's hot path). Anything unexpected falls back to
-    ``task.delay``, with Celery's own retries."""
-    if not task.app.conf.broker_url.startswith(("redis://", "rediss://", "unix://")):
+# SET the flag if absent (with a lifetime), and only then LPUSH the message: one atomic round trip.
+_PUBLISH_UNLESS_QUEUED = """
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+    redis.call('LPUSH', KEYS[2], ARGV[2])
+    return 1
+end
+return 0
+"""
+_scripts: dict[tuple[int, str], object] = {}
+
+
+def _queued_flag(task, queue: str) -> str:
+    return f"tf:queued:{task.name}:{queue}"
+
+
+def publish(task, args: tuple, *, unless_queued: bool = False, ttl: int = 5) -> bool:
+    """``task.delay(*args)`` in one LPUSH (the web process's hot path); returns whether a message was sent.
+
+    ``unless_queued``: only if no message of this task is queued and not started yet on that queue (a flag in the
+    broker's Redis, set with the message for ``ttl`` seconds). A burst becomes a few messages instead of one each:
+    the task clears the flag (``queued_clear``) before it looks for its work, so whatever was stored before a
+    skipped publish is found by the queued task. Anything unexpected falls back to ``task.delay`` (Celery's own
+    retries; no flag then)."""
+    url = task.app.conf.broker_url
+    if not url.startswith(("redis://", "rediss://", "unix://")):
         task.delay(*args)
-        return
+        return True
     try:
         key, payload = message_for(task, args)
-        _client(task.app.conf.broker_url).lpush(key, payload)
-    except Exception:  # noqa: BLE001 - e.g. a broker that is not Redis, or the connection dropped: Celery's path
+        client = _client(url)
+        if not unless_queued:
+            client.lpush(key, payload)
+            return True
+        script = _scripts.get((os.getpid(), url))
+        if script is None:
+            script = _scripts[(os.getpid(), url)] = client.register_script(_PUBLISH_UNLESS_QUEUED)
+        return bool(script(keys=[_queued_flag(task, key), key], args=[ttl, payload]))
+    except Exception:  # noqa: BLE001 - e.g. the connection dropped: Celery's path
         log.warning("raw publish of %s failed; sending it through Celery", task.name, exc_info=True)
         task.delay(*args)
+        return True
+
+
+def queued_clear(task) -> None:
+    """Called by a running ``task`` first: the next ``publish(unless_queued=True)`` of it sends a new message."""
+    url = task.app.conf.broker_url
+    queue = (task.request.delivery_info or {}).get("routing_key")
+    if task.request.is_eager or not queue or not url.startswith(("redis://", "rediss://", "unix://")):
+        return
+    try:
+        _client(url).delete(_queued_flag(task, queue))
+    except Exception:  # noqa: BLE001 - the flag expires by itself; the publishes after it send again
+        log.warning("could not clear the queued flag of %s", task.name, exc_info=True)
 
 
 def _run_in_thread(task, args: tuple) -> None:
@@ -110,16 +151,19 @@ def _run_in_thread(task, args: tuple) -> None:
         close_old_connections()
 
 
-def enqueue(task, *args) -> None:
-    """Run ``task(*args)`` once the surrounding transaction has committed (now, if there is none)."""
+def enqueue(task, *args, unless_queued: bool = False) -> None:
+    """Run ``task(*args)`` once the surrounding transaction has committed (now, if there is none). With
+    ``unless_queued`` (a broker with a real queue only), not if such a task is queued and has not started yet."""
     global _pool
     if settings.CELERY_TASK_ALWAYS_EAGER and settings.TASKS_IN_THREAD:
         if _pool is None:
             _pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="tasks")
         pool = _pool
         transaction.on_commit(lambda: pool.submit(_run_in_thread, task, args))
+    elif task.app.conf.task_always_eager:
+        transaction.on_commit(lambda: task.delay(*args))
     else:
-        transaction.on_commit(lambda: publish(task, args))
+        transaction.on_commit(lambda: publish(task, args, unless_queued=unless_queued))
 
 
 def send_many(task, args_list: list[tuple], *, queue: str | None = None) -> None:

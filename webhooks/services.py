@@ -280,7 +280,7 @@ def accept_once(inbound: Inbound, *, target: str, client_id: str, payload_text: 
 
 def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: str, payload_text: str) -> Reply:
     from brokers.services.batch import drains
-    from brokers.tasks import execution_run_task, executions_drain_task
+    from brokers.tasks import execution_run_task, executions_drain_enqueue
     from tradeflow.queue import enqueue
 
     def store(signal_id: uuid.UUID, body_hash: str) -> Reply:
@@ -299,7 +299,10 @@ def _accept(inbound: Inbound, account: BrokerAccount, intent: dict, client_id: s
                                     payload=payload_text)),
         )
         # A paper entry is drained with the alerts queued beside it (adaptive batches); anything else runs alone.
-        enqueue(executions_drain_task if drains(account, intent) else execution_run_task, execution.pk)
+        if drains(account, intent):
+            executions_drain_enqueue(execution.pk)
+        else:
+            enqueue(execution_run_task, execution.pk)
         return reply
 
     def existing():

@@ -79,6 +79,7 @@ FINISH_FIELDS = ["status", "reason_code", "reason", "finished_at", "lease_until"
 class BatchOutcome:
     finished: int = 0  # executions this batch brought to a final state
     single: list[int] = field(default_factory=list)  # for execution_run_task, one by one
+    more: bool = False  # a drain took as many as it may: others may still be waiting
 
 
 @dataclass
@@ -140,7 +141,7 @@ def executions_drain(execution_id: int, *, limit: int | None = None) -> BatchOut
     rows = sorted(_rows(Q(pk__in=[execution_id, *waiting])), key=lambda e: (e.pk != execution_id, e.pk))
     candidates = [e for e in rows if batchable(e)]
     own = next((e for e in rows if e.pk == execution_id), None)
-    outcome = BatchOutcome()
+    outcome = BatchOutcome(more=len(waiting) == limit - 1)
     if own is not None and own.status == Execution.Status.PENDING and own not in candidates:
         outcome.single.append(execution_id)  # e.g. its account went live meanwhile: the one-by-one path runs it
     return _claim_and_run(candidates, [execution_id], outcome)
