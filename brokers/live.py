@@ -73,8 +73,28 @@ def publish_positions_on_commit(owner_id: int, positions) -> None:
 
 
 def publish_on_commit(events: list[tuple[int, dict]]) -> None:
-    """``publish_many`` once the current transaction commits (never for a rolled-back change)."""
-    transaction.on_commit(lambda: publish_many(events))
+    """``publish_many`` once the current transaction commits (never for a rolled-back change). Inside a transaction
+    the events join those already waiting for the same commit: one hand-off to the publishing loop per commit
+    (a batch's fills and outcomes together), not one per call."""
+    if not events:
+        return
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        publish_many(events)
+        return
+    # Joined only at the same savepoint depth, while its callback still waits (Django drops the callbacks of a
+    # rolled-back savepoint or transaction): events of a savepoint that may roll back get a callback of their own.
+    waiting_ids = {id(func) for _, func, _ in connection.run_on_commit}
+    by_depth = {depth: pending for depth, pending in getattr(connection, "_live_pending", {}).items()
+                if id(pending[1]) in waiting_ids}  # (what committed or rolled back is gone)
+    connection._live_pending = by_depth
+    depth = tuple(connection.savepoint_ids)
+    pending = by_depth.get(depth)
+    if pending is None:
+        waiting: list[tuple[int, dict]] = []
+        pending = by_depth[depth] = (waiting, lambda: publish_many(waiting))
+        transaction.on_commit(pending[1])
+    pending[0].extend(events)
 
 
 _loops: dict[int, asyncio.AbstractEventLoop] = {}

@@ -180,3 +180,21 @@ def test_a_drain_costs_a_fixed_number_of_statements_not_one_set_per_alert(client
     # One by one an entry is about 14 statements (392 more for 28 more); a batch does each step once for all.
     assert costs[30] - costs[2] <= 5, costs
     assert PaperOrder.objects.count() == 32
+
+
+def test_a_drain_says_when_it_took_all_it_may_so_the_rest_gets_another(client, settings,
+                                                                       django_capture_on_commit_callbacks):
+    (_, key), *_ = desk()
+    with django_capture_on_commit_callbacks(execute=False):
+        ids = [post(client, key, unify("buy", "AAPL", "1", "100"))]
+        ids += [post(client, key, unify("buy", "AAPL", "1", str(101 + n))) for n in range(4)]
+    assert executions_drain(ids[0], limit=3).more is True  # its own and 2 of the 4 waiting: more may wait
+    assert executions_drain(0, limit=3).more is True  # a follow-up takes the last two: as many as it may
+    last = executions_drain(0, limit=3)
+    assert (last.finished, last.more) == (0, False)  # nothing left: the chain ends
+    settings.WEBHOOK_BATCH_SIZE = 1
+    with django_capture_on_commit_callbacks(execute=False):
+        alone = post(client, key, unify("buy", "AAPL", "1", "99"))
+    outcome = executions_drain(alone)
+    assert (outcome.finished, outcome.more) == (1, False)  # batches of one never send follow-ups
+    assert Execution.objects.filter(status="filled").count() == 6

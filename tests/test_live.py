@@ -512,3 +512,26 @@ def test_a_socket_whose_consumer_failed_is_not_kept_by_the_price_hub(owner, monk
         assert all(not hub.customers for hub in hubs)
 
     run(scenario)
+
+
+def test_events_of_one_commit_are_published_together_and_a_rolled_back_savepoints_never(monkeypatch):
+    from django.db import transaction
+
+    from brokers import live
+
+    sent = []
+    monkeypatch.setattr(live, "publish_many", lambda events: sent.append(list(events)))
+    with transaction.atomic():
+        live.publish_on_commit([(1, {"kind": "position", "n": 1})])
+        with pytest.raises(RuntimeError), transaction.atomic():  # a savepoint that rolls back
+            live.publish_on_commit([(1, {"kind": "position", "n": 2})])
+            raise RuntimeError("booking failed")
+        live.publish_on_commit([(1, {"kind": "execution", "n": 3})])
+        assert sent == []  # nothing before the commit
+    assert sent == [[(1, {"kind": "position", "n": 1}), (1, {"kind": "execution", "n": 3})]]  # one hand-off
+
+    with pytest.raises(RuntimeError), transaction.atomic():
+        live.publish_on_commit([(1, {"kind": "position", "n": 4})])
+        raise RuntimeError("the whole transaction rolled back")
+    live.publish_on_commit([(1, {"kind": "position", "n": 5})])  # autocommit: at once, alone
+    assert sent[1:] == [[(1, {"kind": "position", "n": 5})]]

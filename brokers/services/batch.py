@@ -135,13 +135,20 @@ def executions_drain(execution_id: int, *, limit: int | None = None) -> BatchOut
     rises instead of the queue growing. Every drained execution's own message is still on its way: finding its
     execution taken (running or finished), that drain runs whatever else is waiting, or nothing."""
     limit = limit or settings.WEBHOOK_BATCH_SIZE
-    waiting = list(Execution.objects.filter(  # the partial index execution_waiting_alert
+    # Its own and the oldest waiting (the partial index execution_waiting_alert); on PostgreSQL in one statement.
+    waiting = Execution.objects.filter(
         status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True,
-    ).exclude(pk=execution_id).order_by("pk").values_list("pk", flat=True)[:limit - 1]) if limit > 1 else []
-    rows = sorted(_rows(Q(pk__in=[execution_id, *waiting])), key=lambda e: (e.pk != execution_id, e.pk))
+    ).exclude(pk=execution_id).order_by("pk").values("pk")[:limit - 1]
+    if limit <= 1:
+        wanted = [execution_id]
+    elif connection.vendor == "postgresql":
+        wanted = Execution.objects.filter(pk=execution_id).values("pk").union(waiting, all=True)
+    else:  # SQLite takes no ORDER BY … LIMIT inside a UNION
+        wanted = [execution_id, *(row["pk"] for row in waiting)]
+    rows = sorted(_rows(Q(pk__in=wanted)), key=lambda e: (e.pk != execution_id, e.pk))
     candidates = [e for e in rows if batchable(e)]
     own = next((e for e in rows if e.pk == execution_id), None)
-    outcome = BatchOutcome(more=len(waiting) == limit - 1)
+    outcome = BatchOutcome(more=limit > 1 and len(rows) - (own is not None) == limit - 1)
     if own is not None and own.status == Execution.Status.PENDING and own not in candidates:
         outcome.single.append(execution_id)  # e.g. its account went live meanwhile: the one-by-one path runs it
     return _claim_and_run(candidates, [execution_id], outcome)
