@@ -146,7 +146,8 @@ class Execution(models.Model):
 
     TERMINAL = (Status.FILLED, Status.PLACED, Status.REJECTED, Status.FAILED)
 
-    signal = models.ForeignKey("webhooks.Signal", null=True, blank=True, on_delete=models.CASCADE,
+    # Looked up through uniq_execution_per_signal_account (signal first): no index of its own.
+    signal = models.ForeignKey("webhooks.Signal", null=True, blank=True, on_delete=models.CASCADE, db_index=False,
                                related_name="executions")
     account = models.ForeignKey(BrokerAccount, on_delete=models.CASCADE, related_name="executions")
     # A bot signal's execution for one subscriber (seed 004 ``bot_signal_executions``).
@@ -154,7 +155,7 @@ class Execution(models.Model):
                                      related_name="executions")
     kind = models.CharField(max_length=16, choices=Kind.choices, default=Kind.SIGNAL)
     intent = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)  # indexed in Meta
     reason_code = models.CharField(max_length=48, blank=True)
     reason = models.TextField(blank=True)
     attempts = models.PositiveSmallIntegerField(default=0)
@@ -176,6 +177,9 @@ class Execution(models.Model):
                                     name="uniq_execution_per_signal_account"),
         ]
         indexes = [
+            # A plain btree (``db_index`` on a CharField also builds a pattern-matching twin that nothing uses, and
+            # every index is written again on each of an execution's non-HOT status updates).
+            models.Index(fields=["status"], name="execution_status"),
             # Account alerts waiting for a worker, oldest first (brokers.services.batch.executions_drain): an index
             # scan in id order over the few pending rows, whose dead entries each scan marks for skipping.
             models.Index(fields=["id"], name="execution_waiting_alert",

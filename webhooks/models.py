@@ -52,8 +52,9 @@ class Signal(models.Model):
 class WebhookLog(models.Model):
     """Every webhook request, good or bad (seed 003 ``webhooks_log``)."""
 
+    # Looked up through the (account, -created_at) index below: no index of its own.
     account = models.ForeignKey("brokers.BrokerAccount", null=True, blank=True, on_delete=models.CASCADE,
-                                related_name="webhook_logs")
+                                related_name="webhook_logs", db_index=False)
     bot = models.ForeignKey("bots.Bot", null=True, blank=True, on_delete=models.CASCADE, related_name="webhook_logs")
     signal = models.ForeignKey(Signal, null=True, blank=True, on_delete=models.SET_NULL, related_name="logs")
     method = models.CharField(max_length=8)
