@@ -1,4 +1,5 @@
-"""``tradeflow.fastinsert.insert`` stores what ``objects.create`` stores, on SQLite and PostgreSQL."""
+"""``tradeflow.fastinsert``: ``insert`` stores what ``objects.create`` stores and ``update_many`` what ``bulk_update``
+writes, on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time_machine
 from django.utils import timezone
 
 from brokers.models import Execution
-from tradeflow.fastinsert import insert
+from tradeflow.fastinsert import insert, update_many
 from webhooks.models import Signal, WebhookLog
 
 
@@ -97,3 +98,30 @@ def test_insert_together_is_all_or_nothing_in_autocommit(transactional_db, owner
 
     account, _ = paper_account(owner=owner)
     _all_or_nothing(account)
+
+
+def test_update_many_writes_each_row_its_own_values(paper):
+    account, _ = paper
+    rows = [Execution.objects.create(account=account, kind="signal", intent={"n": n}) for n in range(3)]
+    for n, row in enumerate(rows):
+        row.status, row.reason, row.intent = "filled", f"done {n}", {"n": n, "done": True}
+    assert update_many(rows, ["status", "reason", "intent"]) is None
+    assert sorted(Execution.objects.values_list("reason", "status", "intent")) == [
+        (f"done {n}", "filled", {"n": n, "done": True}) for n in range(3)]
+
+
+def test_update_many_where_writes_only_the_rows_still_as_expected_and_says_which(paper):
+    """The batch engine finishes only the executions it still holds: one another worker took over keeps its outcome."""
+    account, _ = paper
+    rows = [Execution.objects.create(account=account, kind="signal", intent={}, status="running", attempts=1)
+            for _ in range(3)]
+    Execution.objects.filter(pk=rows[1].pk).update(status="failed", attempts=2)  # taken over and finished
+    for row in rows:
+        row.status, row.reason = "filled", "batch"
+
+    held = update_many(rows, ["status", "reason"], where={"status": "running", "attempts": 1})
+
+    assert held == {rows[0].pk, rows[2].pk}
+    assert dict(Execution.objects.values_list("pk", "status")) == {
+        rows[0].pk: "filled", rows[1].pk: "failed", rows[2].pk: "filled"}
+    assert update_many([], ["status"], where={"status": "running"}) == set()

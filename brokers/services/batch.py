@@ -457,11 +457,8 @@ def _finish(executions: list[Execution], outcome: BatchOutcome) -> None:
     for execution in executions:
         execution.finished_at, execution.lease_until = now, None
     with transaction.atomic(savepoint=False):
-        held = set(Execution.objects.select_for_update().filter(
-            pk__in=[e.pk for e in executions], status=Execution.Status.RUNNING, attempts=1,
-        ).values_list("pk", flat=True))
+        held = update_many(executions, FINISH_FIELDS, where={"status": Execution.Status.RUNNING, "attempts": 1})
         saved = [e for e in executions if e.pk in held]
-        update_many(saved, FINISH_FIELDS)
         counts = Counter((e.signal_id, OUTCOME[e.status]) for e in saved if e.signal_id and e.subscription_id)
         by_signal: dict[str, dict] = {}
         for (signal_id, counter), n in counts.items():
