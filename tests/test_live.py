@@ -535,3 +535,34 @@ def test_events_of_one_commit_are_published_together_and_a_rolled_back_savepoint
         raise RuntimeError("the whole transaction rolled back")
     live.publish_on_commit([(1, {"kind": "position", "n": 5})])  # autocommit: at once, alone
     assert sent[1:] == [[(1, {"kind": "position", "n": 5})]]
+
+
+@pytest.mark.redis
+def test_over_redis_pub_sub_a_fill_reaches_its_owner_only_in_one_round_trip(owner, other, settings):
+    """Events are published straight to Redis (``live._publish_direct``: the layer's own serialization on its group
+    channel, pipelined), and the consumer on the server's loop receives them as from ``group_send``."""
+    from brokers import live
+
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                                           "CONFIG": {"hosts": [settings.TEST_REDIS_URL],
+                                                      "prefix": f"test{os.getpid()}d"}}}
+    mine, _ = factories.paper_account(owner=owner)
+    cookies = [session_cookie(u) for u in (owner, other)]
+    sent = []
+    real = live._publish_direct
+    live._publish_direct = lambda layer, messages: sent.append(len(messages)) or real(layer, messages)
+
+    async def scenario():
+        (a, _), (b, _) = [await connected(c) for c in cookies]
+        await database_sync_to_async(fill)(mine, "NIFTYBEES", "buy", "10", "250")
+        event = await a.receive_json_from(timeout=WAIT)
+        assert (event["kind"], event["symbol"], event["qty"]) == ("position", "NIFTYBEES", "10")
+        assert await b.receive_nothing(timeout=QUIET)
+        for socket in (a, b):
+            await socket.disconnect()
+
+    try:
+        async_to_sync(scenario)()
+    finally:
+        live._publish_direct = real
+    assert sent and sent[0] == 2  # the owner's group and the admins', in one pipeline
