@@ -173,10 +173,9 @@ def _direct_publisher(layer) -> tuple | None:
             config = settings.CHANNEL_LAYERS["default"].get("CONFIG", {})
             hosts = config.get("hosts") or []
             if isinstance(layer, RedisPubSubChannelLayer) and len(hosts) == 1 and isinstance(hosts[0], str):
-                import redis
+                from tradeflow.cache import redis_client
 
-                found = (redis.Redis.from_url(hosts[0], socket_timeout=2, socket_connect_timeout=2),
-                         f"{config.get('prefix', 'asgi')}__group__")
+                found = (redis_client(hosts[0]), f"{config.get('prefix', 'asgi')}__group__")
         except ImportError:  # pragma: no cover - channels_redis is a requirement
             found = None
         cached = _direct[key] = (layer, found)

@@ -108,7 +108,8 @@ def executions_drain_task(execution_id: int) -> int:
         outcome = executions_drain(execution_id)
     except Exception:  # e.g. the database away at the claim: the execution's own task retries with backoff
         log.exception("drain of execution %s could not run; running it on its own", execution_id)
-        execution_run_task.delay(execution_id)
+        if execution_id:  # a follow-up drain (0) has no alert of its own: the sweeper is the backstop for the rest
+            execution_run_task.delay(execution_id)
         return 0
     for pk in outcome.single:
         execution_run_task.delay(pk)

@@ -14,6 +14,22 @@ from django.core.cache.backends.redis import RedisCache, RedisCacheClient
 
 _lock = threading.Lock()
 _clients: dict[tuple[int, str], object] = {}
+_plain: dict[tuple[int, str], object] = {}
+
+
+def redis_client(url: str):
+    """This process's plain redis-py client for ``url`` (the Celery broker, the channel layer's host), made once per
+    process: a forked worker makes its own. Short timeouts: its callers fall back or give up rather than wait."""
+    import redis
+
+    slot = (os.getpid(), url)
+    client = _plain.get(slot)
+    if client is None:
+        with _lock:
+            client = _plain.get(slot)
+            if client is None:
+                client = _plain[slot] = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+    return client
 
 
 class SharedRedisCacheClient(RedisCacheClient):

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import close_old_connections, transaction
 
+from tradeflow.cache import redis_client
+
 log = logging.getLogger(__name__)
 _pool: ThreadPoolExecutor | None = None
 
@@ -33,7 +35,6 @@ class _Template:
 
 
 _templates: dict[tuple, _Template] = {}
-_clients: dict[tuple[int, str], object] = {}
 _lock = threading.Lock()
 
 
@@ -58,17 +59,6 @@ def _template(task) -> _Template:
         body = json.loads(base64.b64decode(message["body"]))
         found = _templates[key] = _Template(key=list_key, message=message, embed=body[2])
     return found
-
-
-def _client(url: str):
-    """This process's Redis client for the broker (a forked worker makes its own)."""
-    import redis
-
-    key = (os.getpid(), url)
-    client = _clients.get(key)
-    if client is None:
-        client = _clients[key] = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return client
 
 
 def message_for(task, args: tuple) -> tuple[str, bytes]:
@@ -115,7 +105,7 @@ def publish(task, args: tuple, *, unless_queued: bool = False, ttl: int = 5) -> 
         return True
     try:
         key, payload = message_for(task, args)
-        client = _client(url)
+        client = redis_client(url)
         if not unless_queued:
             client.lpush(key, payload)
             return True
@@ -136,7 +126,7 @@ def queued_clear(task) -> None:
     if task.request.is_eager or not queue or not url.startswith(("redis://", "rediss://", "unix://")):
         return
     try:
-        _client(url).delete(_queued_flag(task, queue))
+        redis_client(url).delete(_queued_flag(task, queue))
     except Exception:  # noqa: BLE001 - the flag expires by itself; the publishes after it send again
         log.warning("could not clear the queued flag of %s", task.name, exc_info=True)
 
