@@ -65,53 +65,64 @@ def savepoint_if_nested(using: str | None = None):
     return nullcontext()
 
 
-def _prepared(model: type[Model], values: dict, connection) -> tuple[Model, str, list, bool]:
-    obj = model(**values)
-    sql, fields, returning = _statement(model, connection)
-    return obj, sql, [f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields], returning
-
-
 def insert_together(*rows: tuple[type[Model], dict], using: str = "default") -> list[Model]:
-    """Insert several rows all or nothing; the instances back with their pks.
+    """Insert several rows (each of its own model) all or nothing; the instances back with their pks."""
+    return [objs[0] for objs in insert_many([(model, [values]) for model, values in rows], using=using)]
 
-    PostgreSQL: one statement (each INSERT a data-modifying CTE), so one round trip and, in autocommit, its own
-    transaction: it commits whole or fails whole (an ``IntegrityError`` stores none of the rows). Foreign keys
-    between the rows must be known up front (e.g. a client-made UUID), since no CTE reads another's output.
-    Elsewhere (SQLite): the same inserts one by one inside ``transaction.atomic()``.
+
+def insert_many(groups: list[tuple[type[Model], list[dict]]], using: str = "default",
+                savepoint: bool = True) -> list[list[Model]]:
+    """Insert the rows of several models all or nothing; per group, the instances back with their pks.
+
+    PostgreSQL: one statement (each group a multi-row INSERT in a data-modifying CTE), so one round trip and, in
+    autocommit, its own transaction: it commits whole or fails whole (an ``IntegrityError`` stores none of the rows).
+    The pks come back in the order the rows were given, as ``bulk_create`` relies on ``INSERT … RETURNING`` giving
+    them. Foreign keys between the rows must be known up front (e.g. a client-made UUID): no CTE reads another's
+    output. Elsewhere (SQLite): the same inserts one by one inside ``transaction.atomic()``.
+
+    Inside a transaction the statement runs in a savepoint, so a caller may catch its ``IntegrityError`` and go on;
+    ``savepoint=False`` for rows that cannot conflict saves its two round trips.
     """
     connection = connections[using]
     if connection.vendor != "postgresql":
-        with transaction.atomic(using=using):
-            return [insert(model, **values) for model, values in rows]
-    with savepoint_if_nested(using):  # inside a transaction, a failure must not poison it
-        return _insert_in_one_statement(rows, connection, using)
+        alone = sum(len(rows) for _, rows in groups) == 1  # one INSERT is atomic by itself
+        with nullcontext() if alone else transaction.atomic(using=using):
+            return [[insert(model, **values) for values in rows] for model, rows in groups]
+    with savepoint_if_nested(using) if savepoint else nullcontext():  # a failure must not poison a transaction
+        return _insert_in_one_statement(groups, connection, using)
 
 
-def _insert_in_one_statement(rows, connection, using: str) -> list[Model]:
-    prepared = [_prepared(model, values, connection) for model, values in rows]
-    parts, params, ctes = [], [], []
-    for n, (obj, sql, row_params, returning) in enumerate(prepared):
-        params.extend(row_params)
-        if n < len(prepared) - 1:
-            if not returning:
-                sql += f" RETURNING {connection.ops.quote_name(obj._meta.pk.column)}"
-            parts.append(f"r{n} AS ({sql})")
-            ctes.append(f"(SELECT * FROM r{n})")  # noqa: S608 - generated names only
-    last_obj, last_sql, _, last_returning = prepared[-1]
-    tail = [f"{connection.ops.quote_name(last_obj._meta.auto_field.column)}"] if last_returning else ["NULL"]
-    final = last_sql.partition(" RETURNING ")[0] + " RETURNING " + ", ".join(tail + ctes)
+def _insert_in_one_statement(groups, connection, using: str) -> list[list[Model]]:
+    qn = connection.ops.quote_name
+    parts, params, arrays, out = [], [], [], []
+    for n, (model, rows) in enumerate(groups):
+        objs = [model(**values) for values in rows]
+        out.append(objs)
+        if not objs:
+            continue
+        sql, fields, _ = _statement(model, connection)
+        head, _, values = sql.partition(" RETURNING ")[0].partition(" VALUES ")
+        for obj in objs:
+            params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields)
+        pk = qn(model._meta.pk.column)
+        parts.append(f"r{n} AS ({head} VALUES {', '.join([values] * len(objs))} RETURNING {pk})")
+        arrays.append(f"ARRAY(SELECT {pk} FROM r{n})")  # noqa: S608 - generated names only
+    if not parts:
+        return out
     with connection.cursor() as cursor:
-        cursor.execute(f"WITH {', '.join(parts)} {final}" if parts else final, params)
-        returned = cursor.fetchone()
-    pks = list(returned[1:]) + [returned[0]]
-    objs = []
-    for (obj, _, _, returning), pk in zip(prepared, pks, strict=True):
-        if returning:
-            setattr(obj, obj._meta.auto_field.attname, pk)
-        obj._state.adding = False
-        obj._state.db = using
-        objs.append(obj)
-    return objs
+        cursor.execute(f"WITH {', '.join(parts)} SELECT {', '.join(arrays)}", params)
+        returned = iter(cursor.fetchone())
+    for objs in out:
+        if not objs:
+            continue
+        auto = objs[0]._meta.auto_field
+        pks = next(returned)
+        for obj, pk in zip(objs, pks, strict=True):
+            if auto is not None:
+                setattr(obj, auto.attname, pk)
+            obj._state.adding = False
+            obj._state.db = using
+    return out
 
 
 def update_many(objs: list[Model], fields: list[str], *, chunk: int = 1000, where: dict | None = None) -> set | None:

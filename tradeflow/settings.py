@@ -113,6 +113,10 @@ WEBHOOK_MAX_BODY_BYTES = 64 * 1024
 # the disk: measured on two cores with the worker executing beside them, 16 threads answered 271-327 alerts/s
 # (4: 243-254) and 200 alerts/s with ack p99 0.31-0.60 s (4: 0.43-1.43 s), commits sharing each disk flush.
 WEBHOOK_THREADS = env.int("WEBHOOK_THREADS", default=16)
+# Account alerts are received in natural batches (webhooks/asgi.py): at most WEBHOOK_RECEIVERS batches in flight
+# per web process, each of up to WEBHOOK_RECEIVE_BATCH alerts that arrived while the others were busy.
+WEBHOOK_RECEIVERS = env.int("WEBHOOK_RECEIVERS", default=2)
+WEBHOOK_RECEIVE_BATCH = env.int("WEBHOOK_RECEIVE_BATCH", default=64)
 WEBHOOK_DEDUPE_SECONDS = env.int("WEBHOOK_DEDUPE_SECONDS", default=60)
 
 # Billing (billing/, seed 003). Without STRIPE_SECRET_KEY the billing page says billing is not configured and

@@ -3,10 +3,16 @@
 A webhook POST needs none of what Django's request cycle does for a page (sessions, CSRF, auth, messages,
 allauth, WhiteNoise, URL resolving, a per-request thread-sensitive executor that starts and joins a thread):
 measured in-process, that machinery cost about 3 ms of CPU per alert, as much as the receive itself.
-This path hands the same ``Inbound`` to the same services (``webhook_receive``, ``bot_signal_receive``) on a
+This path hands the same ``Inbound`` to the same services (``webhook_receive_many``, ``bot_signal_receive``) on a
 small pool of long-lived threads (connections from the psycopg pool, as Django's), and writes their ``Reply`` as JSON.
 So answers, log rows, limits and de-duplication are the services' own, whichever way a request came in: the
 Django views stay for the test client, for anything but POST, and for paths this router does not match.
+
+Account alerts are received in natural batches (group commit): a request that finds a receiver free is handled
+at once, alone; requests that arrive while ``WEBHOOK_RECEIVERS`` batches are in flight wait for the next free
+receiver and go through together, up to ``WEBHOOK_RECEIVE_BATCH``. No timer holds an alert back. A quiet server
+answers each alert as before; a busy one shares the round trips (rate limit, key lookup, de-duplication, the
+store, the drain message) among the alerts of a batch, which is what keeps up with a burst.
 """
 
 from __future__ import annotations
@@ -27,22 +33,61 @@ ACCOUNT = re.compile(r"/api/v1/webhooks(?:/(?P<key>[A-Za-z0-9_\-]{1,200}))?/?")
 BOT = re.compile(r"/api/v1/bots/webhook/master/(?P<path>[A-Za-z0-9_\-]{1,200})/?")
 
 
-def _receive(inbound: Inbound, bot_path: str | None) -> Reply:
+def _receive_bot(inbound: Inbound, bot_path: str) -> Reply:
     from bots.services import bot_signal_receive
-    from webhooks.services import webhook_receive
 
-    if bot_path is not None:
-        return bot_signal_receive(inbound, webhook_path=bot_path)
-    return webhook_receive(inbound)
+    return bot_signal_receive(inbound, webhook_path=bot_path)
 
 
-def _receive_on_pool_thread(inbound: Inbound, bot_path: str | None) -> Reply:
+def _receive_accounts(inbounds: list[Inbound]) -> list[Reply]:
+    from webhooks.services import webhook_receive_many
+
+    return webhook_receive_many(inbounds)
+
+
+def _on_pool_thread(function, *args):
     try:
-        return _receive(inbound, bot_path)
+        return function(*args)
     finally:
         # What Django does when a request finishes: in the web process this hands the connection back to the
         # psycopg pool (settings: CONN_MAX_AGE 0 with a pool), elsewhere it honours CONN_MAX_AGE.
         close_old_connections()
+
+
+class Batcher:
+    """Natural batching of account alerts: at most ``receivers`` batches in flight, each of what was waiting."""
+
+    def __init__(self, run, *, receivers: int, size: int):
+        self.run, self.receivers, self.size = run, receivers, size
+        self.waiting: list[tuple[Inbound, asyncio.Future]] = []
+        self.busy = 0
+
+    async def receive(self, inbound: Inbound) -> Reply:
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append((inbound, future))
+        if self.busy < self.receivers:
+            self.busy += 1
+            asyncio.ensure_future(self._receiver())
+        return await future
+
+    async def _receiver(self) -> None:
+        try:
+            while self.waiting:
+                batch, self.waiting = self.waiting[:self.size], self.waiting[self.size:]
+                try:
+                    replies = await self.run([inbound for inbound, _ in batch])
+                except BaseException as exc:  # every request of the batch fails as a lone request would
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                    continue
+                for (_, future), reply in zip(batch, replies, strict=True):
+                    if not future.done():
+                        future.set_result(reply)
+        finally:
+            self.busy -= 1
 
 
 async def _read_body(receive, limit: int) -> tuple[bytes, int, bool]:
@@ -66,15 +111,22 @@ class WebhookRouter:
     def __init__(self, app, *, threads: int | None = None, thread_sensitive: bool = False):
         self.app = app
         if thread_sensitive:  # tests: run the receive on the caller's thread (and its test transaction)
-            self.run_receive = sync_to_async(_receive, thread_sensitive=True)
+            self.run_bot = sync_to_async(_receive_bot, thread_sensitive=True)
+            run_accounts = sync_to_async(_receive_accounts, thread_sensitive=True)
         else:
             executor = ThreadPoolExecutor(max_workers=threads or settings.WEBHOOK_THREADS,
                                           thread_name_prefix="webhook")
 
-            async def run_receive(*args):
-                return await asyncio.get_running_loop().run_in_executor(executor, _receive_on_pool_thread, *args)
+            async def run_bot(*args):
+                return await asyncio.get_running_loop().run_in_executor(executor, _on_pool_thread, _receive_bot,
+                                                                        *args)
 
-            self.run_receive = run_receive
+            async def run_accounts(inbounds):
+                return await asyncio.get_running_loop().run_in_executor(executor, _on_pool_thread,
+                                                                        _receive_accounts, inbounds)
+
+            self.run_bot = run_bot
+        self.batcher = Batcher(run_accounts, receivers=settings.WEBHOOK_RECEIVERS, size=settings.WEBHOOK_RECEIVE_BATCH)
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST":
@@ -105,7 +157,7 @@ class WebhookRouter:
             path_key=(account.group("key") or "") if account else "",
             bearer=auth[7:].strip() if auth[:7].lower() == "bearer " else "",
         )
-        reply = await self.run_receive(inbound, bot.group("path") if bot else None)
+        reply = await (self.run_bot(inbound, bot.group("path")) if bot else self.batcher.receive(inbound))
         payload = json.dumps(reply.body, cls=DjangoJSONEncoder).encode()
         await send({"type": "http.response.start", "status": reply.status,
                     "headers": [(b"content-type", b"application/json"),

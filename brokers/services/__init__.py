@@ -4,6 +4,7 @@ from brokers.services.accounts import (  # noqa: F401
     account_create,
     account_set_enabled,
     api_key_authenticate,
+    api_key_authenticate_many,
     api_key_regenerate,
 )
 from brokers.services.execution import execution_create_for_signal, execution_run  # noqa: F401

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import UTC, timedelta
 from decimal import Decimal
 
-from django.db import transaction
+from django.db import connections, router, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -68,37 +68,76 @@ _KEY_LOOKUP_DEFERRED = CREDENTIALS
 
 
 @functools.cache
-def _key_lookup_sql() -> str:
-    columns = ", ".join(f'a."{f.column}"' for f in BrokerAccount._meta.concrete_fields
-                        if f.name not in _KEY_LOOKUP_DEFERRED)
-    return (f"SELECT {columns}, k.id AS tf_key_pk, k.last_used AS tf_key_last_used "  # noqa: S608 - model metadata
-            f'FROM "{BrokerAccount._meta.db_table}" a JOIN "{AccountApiKey._meta.db_table}" k '
-            'ON k.account_id = a.id WHERE k.key_hash = %s')
+def _key_lookup_columns() -> tuple[tuple[str, ...], str]:
+    """The account's attribute names (credentials left out) and the lookup's SELECT ... JOIN, without its WHERE."""
+    fields = [f for f in BrokerAccount._meta.concrete_fields if f.name not in _KEY_LOOKUP_DEFERRED]
+    columns = ", ".join(f'a."{f.column}"' for f in fields)
+    sql = (f"SELECT {columns}, k.id, k.last_used, k.key_hash "  # noqa: S608 - model metadata only
+           f'FROM "{BrokerAccount._meta.db_table}" a JOIN "{AccountApiKey._meta.db_table}" k ON k.account_id = a.id')
+    return tuple(f.attname for f in fields), sql
+
+
+_converters: dict[str, list] = {}
+
+
+def _key_lookup_converters(connection) -> list:
+    cached = _converters.get(connection.vendor)
+    if cached is None:
+        table, out = BrokerAccount._meta.db_table, []
+        attnames, _ = _key_lookup_columns()
+        for i, name in enumerate(attnames):
+            field = next(f for f in BrokerAccount._meta.concrete_fields if f.attname == name)
+            col = field.get_col(table)
+            for convert in connection.ops.get_db_converters(col) + col.get_db_converters(connection):
+                out.append((i, functools.partial(_apply, convert, col, connection)))
+        cached = _converters[connection.vendor] = out
+    return cached
+
+
+def _apply(convert, expression, connection, value):
+    return convert(value, expression, connection)
 
 
 def api_key_authenticate(raw_key: str) -> BrokerAccount | None:
-    """The account for a presented key, or None. Lookup is by SHA-256, so timing says nothing of the key.
+    """The account for a presented key, or None. Lookup is by SHA-256, so timing says nothing of the key."""
+    return api_key_authenticate_many([raw_key]).get(raw_key)
 
-    One raw statement (portable SQL, no ORM query compilation: 0.06 ms instead of 0.7 ms per webhook). The
-    account's owner is not joined: the webhook path does not need it, and ``account.owner`` still loads on demand.
+
+def api_key_authenticate_many(raw_keys) -> dict[str, BrokerAccount]:
+    """The accounts of the presented keys that exist, by raw key: one statement for a batch of webhooks.
+
+    Plain SQL and ``Model.from_db`` (no ORM query compilation, no raw-query column mapping). The account's owner is
+    not joined: the webhook path does not need it, and ``account.owner`` still loads on demand. ``last_used`` is
+    written at most once a minute per key, in one UPDATE for the batch.
     """
-    if not raw_key or len(raw_key) > 200:
-        return None
-    rows = list(BrokerAccount.objects.raw(_key_lookup_sql(), [_hash(raw_key)]))
-    if not rows:
-        return None
-    account = rows[0]
-    last_used = account.__dict__.pop("tf_key_last_used")
-    key_pk = account.__dict__.pop("tf_key_pk")
-    if isinstance(last_used, str):  # SQLite hands annotations back as text
-        last_used = parse_datetime(last_used)
-    if last_used is not None and timezone.is_naive(last_used):
-        last_used = timezone.make_aware(last_used, UTC)
-    now = timezone.now()
-    if last_used is None or now - last_used > LAST_USED_RESOLUTION:
-        # Coarse on purpose: one write a minute per key, not one per alert.
-        AccountApiKey.objects.filter(pk=key_pk).update(last_used=now)
-    return account
+    by_hash = {_hash(raw): raw for raw in raw_keys if raw and len(raw) <= 200}
+    if not by_hash:
+        return {}
+    attnames, sql = _key_lookup_columns()
+    using = router.db_for_read(BrokerAccount)
+    connection = connections[using]
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} WHERE k.key_hash IN ({', '.join(['%s'] * len(by_hash))})", list(by_hash))
+        rows = cursor.fetchall()
+    n = len(attnames)
+    converters = _key_lookup_converters(connection)
+    found, stale, now = {}, [], timezone.now()
+    for row in rows:
+        values = list(row[:n])
+        for i, convert in converters:  # what the ORM's compiler applies (SQLite's text decimals, JSON, ...)
+            values[i] = convert(values[i])
+        account = BrokerAccount.from_db(using, attnames, values)
+        key_pk, last_used, key_hash = row[n:]
+        if isinstance(last_used, str):  # SQLite
+            last_used = parse_datetime(last_used)
+        if last_used is not None and timezone.is_naive(last_used):
+            last_used = timezone.make_aware(last_used, UTC)
+        if last_used is None or now - last_used > LAST_USED_RESOLUTION:
+            stale.append(key_pk)  # coarse on purpose: one write a minute per key, not one per alert
+        found[by_hash[key_hash]] = account
+    if stale:
+        AccountApiKey.objects.filter(pk__in=stale).update(last_used=now)
+    return found
 
 
 def account_set_enabled(*, account: BrokerAccount, enabled: bool, actor=None) -> BrokerAccount:
