@@ -11,6 +11,7 @@ from django.db.models import Q, Sum
 from brokers.models import BrokerAccount, Execution, Position
 from risk.models import CalendarEvent, RiskAdmission, RiskConfig, TradingHalt
 from risk.rules import Counters, NewsEvent, symbols
+from tradeflow.precompiled import Precompiled
 
 IN_FLIGHT = (Execution.Status.PENDING, Execution.Status.RUNNING)
 NOT_TRADED = (Execution.Status.REJECTED, Execution.Status.FAILED)
@@ -20,9 +21,16 @@ def trading_halt_current() -> TradingHalt | None:
     return TradingHalt.objects.select_related("actor").first()
 
 
+# Asked by every execution and drain: compiled once per process (tradeflow/precompiled.py).
+_latest_halt = Precompiled(
+    lambda: TradingHalt.objects.order_by("-created_at", "-id").values_list("halted", flat=True)[:1],
+    model=TradingHalt, arity=0)
+
+
 def trading_halted() -> bool:
-    latest = TradingHalt.objects.values_list("halted", flat=True).first()
-    return bool(latest)
+    """Whether the kill switch is on: its latest change says so (none yet: off)."""
+    latest = _latest_halt()
+    return bool(latest and latest[0])
 
 
 def risk_config_get(*, user) -> RiskConfig:

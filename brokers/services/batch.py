@@ -69,6 +69,7 @@ from brokers.services.outcomes import OUTCOME, execution_log_outcome, execution_
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import Fill, positions_apply_fills
 from tradeflow.fastinsert import update_many
+from tradeflow.precompiled import Precompiled
 
 log = logging.getLogger(__name__)
 FINISH_FIELDS = ["status", "reason_code", "reason", "finished_at", "lease_until", "latency_ms", "slippage",
@@ -119,6 +120,16 @@ def _rows(condition: Q):
                                             "signal").filter(condition).order_by()
 
 
+def _waiting(execution_id: int, limit: int):
+    """The oldest account alerts waiting for a worker, but ``execution_id``: up to ``limit`` - 1."""
+    return Execution.objects.filter(
+        status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True,
+    ).exclude(pk=execution_id).order_by("pk").values("pk")[:limit - 1]
+
+
+_drain_selects: dict[int, Precompiled] = {}
+
+
 def executions_run_batch(execution_ids: list[int]) -> BatchOutcome:
     """Run what it can of ``execution_ids`` as one batch; the outcome says which ids the caller must hand to the
     one-by-one task (``single``)."""
@@ -135,17 +146,20 @@ def executions_drain(execution_id: int, *, limit: int | None = None) -> BatchOut
     rises instead of the queue growing. Every drained execution's own message is still on its way: finding its
     execution taken (running or finished), that drain runs whatever else is waiting, or nothing."""
     limit = limit or settings.WEBHOOK_BATCH_SIZE
-    # Its own and the oldest waiting (the partial index execution_waiting_alert); on PostgreSQL in one statement.
-    waiting = Execution.objects.filter(
-        status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True,
-    ).exclude(pk=execution_id).order_by("pk").values("pk")[:limit - 1]
+    # Its own and the oldest waiting (the partial index execution_waiting_alert); on PostgreSQL in one statement,
+    # compiled once per process.
     if limit <= 1:
-        wanted = [execution_id]
+        found = list(_rows(Q(pk=execution_id)))
     elif connection.vendor == "postgresql":
-        wanted = Execution.objects.filter(pk=execution_id).values("pk").union(waiting, all=True)
+        select = _drain_selects.get(limit)
+        if select is None:
+            select = _drain_selects[limit] = Precompiled(
+                lambda own: _rows(Q(pk__in=Execution.objects.filter(pk=own).values("pk").union(
+                    _waiting(own, limit), all=True))), model=Execution, arity=1)
+        found = select(execution_id)
     else:  # SQLite takes no ORDER BY … LIMIT inside a UNION
-        wanted = [execution_id, *(row["pk"] for row in waiting)]
-    rows = sorted(_rows(Q(pk__in=wanted)), key=lambda e: (e.pk != execution_id, e.pk))
+        found = list(_rows(Q(pk__in=[execution_id, *(row["pk"] for row in _waiting(execution_id, limit))])))
+    rows = sorted(found, key=lambda e: (e.pk != execution_id, e.pk))
     candidates = [e for e in rows if batchable(e)]
     own = next((e for e in rows if e.pk == execution_id), None)
     outcome = BatchOutcome(more=limit > 1 and len(rows) - (own is not None) == limit - 1)
