@@ -15,6 +15,7 @@ from brokers.models import BrokerAccount, Execution, Position
 from risk.models import RiskAdmission, RiskConfig, TradingHalt
 from risk.rules import ALLOW, Counters, Decision, entry_decide, intent_value, is_exit, money, reject
 from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
+from tradeflow.fastinsert import insert_objects
 
 log = logging.getLogger(__name__)
 HALTED = "Trading halted by the operator (global kill switch): nothing was sent. Trading resumes when it is lifted."
@@ -157,7 +158,7 @@ def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decisio
                                                     value=intent_value(execution.intent) or Decimal("0")))
                 elif decision.code == "daily_loss_limit" and config.flatten_on_daily_loss:
                     flatten[uid] = user
-            RiskAdmission.objects.bulk_create(admissions)
+            insert_objects([admissions], savepoint=False)
     for user in flatten.values():
         positions_flatten(user=user, why="Daily loss limit reached: open positions flattened")
     return decisions

@@ -38,7 +38,11 @@ def insert(model: type[Model], **values) -> Model:
     """``model.objects.create(**values)`` for the hot path: one INSERT, the instance back with its pk."""
     obj = model(**values)
     using = router.db_for_write(model, instance=obj)
-    connection = connections[using]
+    return _insert_object(obj, connections[using], using)
+
+
+def _insert_object(obj: Model, connection, using: str) -> Model:
+    model = type(obj)
     sql, fields, returning = _statement(model, connection)
     params = [f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields]
     with connection.cursor() as cursor:
@@ -83,23 +87,35 @@ def insert_many(groups: list[tuple[type[Model], list[dict]]], using: str = "defa
     Inside a transaction the statement runs in a savepoint, so a caller may catch its ``IntegrityError`` and go on;
     ``savepoint=False`` for rows that cannot conflict saves its two round trips.
     """
+    return insert_objects([[model(**values) for values in rows] for model, rows in groups], using=using,
+                          savepoint=savepoint)
+
+
+def insert_objects(groups: list[list[Model]], using: str = "default", savepoint: bool = True) -> list[list[Model]]:
+    """``insert_many`` for instances already made (``bulk_create`` of each group, without its query compilation,
+    in one statement on PostgreSQL). Like ``bulk_create`` it sends no signals; ``pre_save`` runs (``auto_now_add``)."""
     connection = connections[using]
-    if connection.vendor != "postgresql":
-        alone = sum(len(rows) for _, rows in groups) == 1  # one INSERT is atomic by itself
-        with nullcontext() if alone else transaction.atomic(using=using):
-            return [[insert(model, **values) for values in rows] for model, rows in groups]
+    if connection.vendor != "postgresql":  # SQLite: bulk_create, a statement per group (one row: one plain INSERT)
+        if sum(len(objs) for objs in groups) == 1:
+            _insert_object(next(objs[0] for objs in groups if objs), connection, using)
+            return groups
+        with transaction.atomic(using=using):
+            for objs in groups:
+                if objs:
+                    type(objs[0]).objects.using(using).bulk_create(objs)
+        return groups
     with savepoint_if_nested(using) if savepoint else nullcontext():  # a failure must not poison a transaction
-        return _insert_in_one_statement(groups, connection, using)
+        _insert_in_one_statement(groups, connection, using)
+    return groups
 
 
-def _insert_in_one_statement(groups, connection, using: str) -> list[list[Model]]:
+def _insert_in_one_statement(groups: list[list[Model]], connection, using: str) -> None:
     qn = connection.ops.quote_name
-    parts, params, arrays, out = [], [], [], []
-    for n, (model, rows) in enumerate(groups):
-        objs = [model(**values) for values in rows]
-        out.append(objs)
+    parts, params, arrays = [], [], []
+    for n, objs in enumerate(groups):
         if not objs:
             continue
+        model = type(objs[0])
         sql, fields, _ = _statement(model, connection)
         head, _, values = sql.partition(" RETURNING ")[0].partition(" VALUES ")
         for obj in objs:
@@ -108,21 +124,19 @@ def _insert_in_one_statement(groups, connection, using: str) -> list[list[Model]
         parts.append(f"r{n} AS ({head} VALUES {', '.join([values] * len(objs))} RETURNING {pk})")
         arrays.append(f"ARRAY(SELECT {pk} FROM r{n})")  # noqa: S608 - generated names only
     if not parts:
-        return out
+        return
     with connection.cursor() as cursor:
         cursor.execute(f"WITH {', '.join(parts)} SELECT {', '.join(arrays)}", params)
         returned = iter(cursor.fetchone())
-    for objs in out:
+    for objs in groups:
         if not objs:
             continue
         auto = objs[0]._meta.auto_field
-        pks = next(returned)
-        for obj, pk in zip(objs, pks, strict=True):
+        for obj, pk in zip(objs, next(returned), strict=True):
             if auto is not None:
                 setattr(obj, auto.attname, pk)
             obj._state.adding = False
             obj._state.db = using
-    return out
 
 
 def update_many(objs: list[Model], fields: list[str], *, chunk: int = 1000, where: dict | None = None) -> set | None:

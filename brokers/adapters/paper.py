@@ -25,7 +25,7 @@ from brokers.adapters.base import (
     OrderResult,
 )
 from brokers.models import Broker, PaperOrder, Position, Quote
-from tradeflow.fastinsert import savepoint_if_nested
+from tradeflow.fastinsert import insert_objects, savepoint_if_nested
 
 PAPER_VOLATILITY = 0.15
 OPTION_TICK = Decimal("0.05")
@@ -146,7 +146,7 @@ class PaperAdapter(BrokerAdapter):
             # No savepoint inside a caller's transaction (the batch engine's, whose executions were never attempted,
             # so no client id can be in the book): an error there fails that whole transaction, as it should.
             with transaction.atomic(savepoint=False):
-                PaperOrder.objects.bulk_create(rows)
+                insert_objects([rows], savepoint=False)
                 if rows:
                     quotes_set(broker=cls.broker, prices={row.symbol: row.price for row in rows})
         except IntegrityError:  # a client id already in the book: each finds its first fill on its own

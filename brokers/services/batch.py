@@ -68,7 +68,7 @@ from brokers.services.execution import (
 from brokers.services.outcomes import OUTCOME, execution_log_outcome, execution_record_slippage
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import Fill, positions_apply_fills
-from tradeflow.fastinsert import update_many
+from tradeflow.fastinsert import insert_objects, update_many
 from tradeflow.precompiled import Precompiled
 
 log = logging.getLogger(__name__)
@@ -303,8 +303,7 @@ def _reserve(items: list[_Item]) -> None:
                            client_order_id=client_order_id(execution.pk, leg.leg), symbol=leg.symbol, side=leg.side,
                            order_type=leg.order_type, qty=leg.qty, price=leg.price, status=Order.Status.SENDING,
                            sent_at=now)
-    with transaction.atomic(savepoint=False):
-        Order.objects.bulk_create([item.order for item in items])
+    insert_objects([[item.order for item in items]], savepoint=False)  # one statement: atomic by itself
 
 
 def place_many(pairs: list[tuple[BrokerAdapter, OrderRequest]]) -> list[OrderResult | BrokerError]:

@@ -10,7 +10,7 @@ from django.utils import timezone
 from brokers.calc import ZERO, net_fill
 from brokers.live import position_event, publish_on_commit, publish_positions_on_commit
 from brokers.models import BrokerAccount, Position
-from tradeflow.fastinsert import update_many
+from tradeflow.fastinsert import insert_objects, update_many
 
 
 def _locked_open_position(account: BrokerAccount, symbol: str) -> Position | None:
@@ -137,14 +137,13 @@ def positions_apply_fills(fills: list[Fill]) -> None:
                 setattr(remainder or position, name, value)
     update_many(netted, NETTED)
     if opened:
-        Position.objects.bulk_create(opened)
+        insert_objects([opened], savepoint=False)
     rows = [Position(account=f.account, symbol=f.symbol, side=Position.Side.LONG if f.side == "buy" else
                      Position.Side.SHORT, qty=f.qty, avg_price=f.price, last_price=f.price, meta=f.meta or {},
                      **f.levels) for f in fresh.values()]
     try:
         if rows:
-            with transaction.atomic():
-                Position.objects.bulk_create(rows)
+            insert_objects([rows])  # in a savepoint inside the caller's transaction
     except IntegrityError:  # a first fill raced ours: book those one by one
         rows, rest = [], list(fresh.values()) + rest
     publish_on_commit([(p.account.owner_id, position_event(p)) for p in netted + opened + rows])
