@@ -225,3 +225,30 @@ def test_an_integrity_error_outside_the_explicit_id_is_not_swallowed(keys, monke
     monkeypatch.setattr("webhooks.services.insert_together", _raises(IntegrityError("fk")))
     with pytest.raises(IntegrityError):
         webhook_receive_many([inbound])
+
+
+@pytest.mark.redis
+def test_a_batch_shares_its_redis_round_trips(keys, settings, monkeypatch, django_capture_on_commit_callbacks):
+    """Five alerts (two accounts and an unknown key): one pipeline for the five key limits, one for the unknown key's
+    address limit, one for the four de-duplication claims; nothing per alert."""
+    import redis.client
+
+    settings.CACHES = {"default": {"BACKEND": "tradeflow.cache.SharedRedisCache",
+                                   "LOCATION": settings.TEST_REDIS_URL, "KEY_PREFIX": f"t{uuid.uuid4().hex}"}}
+    trips = []
+    pipelined, single = redis.client.Pipeline.execute, redis.client.Redis.execute_command
+    monkeypatch.setattr(redis.client.Pipeline, "execute", lambda self, *a, **k: trips.append(len(self)) or
+                        pipelined(self, *a, **k))
+    monkeypatch.setattr(redis.client.Redis, "execute_command", lambda self, *a, **k: trips.append(a[0]) or
+                        single(self, *a, **k))
+    inbounds = []
+    for n in range(5):
+        key = keys[n % 2] if n < 4 else "tf_" + "1" * 43
+        data = json.dumps({**UNIFY, "id": f"r{n}"}).encode()
+        inbounds.append(Inbound(request=None, method="POST", path=PATH, body=data, declared_length=len(data),
+                                source_ip="10.0.0.9", path_key=key))
+    with django_capture_on_commit_callbacks(execute=False):
+        replies = webhook_receive_many(inbounds)
+    assert [r.status for r in replies] == [202, 202, 202, 202, 401]
+    assert trips == [2 * 5, 2 * 1, 4]  # SET NX + INCR per limit, SET NX per claim
+    cache.clear()

@@ -54,7 +54,8 @@ class SharedRedisCache(RedisCache):
 
 def add_many(cache, entries: list[tuple[str, object, int]]) -> list[bool]:
     """``cache.add(key, value, timeout)`` for each entry; on a Redis cache in one pipelined round trip
-    (``SET key value NX EX timeout``, with the backend's own key prefix and serializer)."""
+    (``SET key value NX EX timeout``, with the backend's own key prefix and serializer). Pass the backend
+    (``caches["default"]``): ``django.core.cache.cache`` is a proxy, and is served one entry at a time."""
     if not isinstance(cache, RedisCache) or not all(isinstance(t, int) and t > 0 for _, _, t in entries):
         return [cache.add(key, value, timeout) for key, value, timeout in entries]
     client = cache._cache.get_client(write=True)

@@ -326,7 +326,7 @@ def _claim_many(alerts: list[_Alert]) -> None:
         alert.signal_id = uuid.uuid4()
         key, ttl = dedupe_key(str(alert.account.pk), alert.client_id, alert.body_hash)
         entries.append((key, str(alert.signal_id), ttl))
-    claimed = add_many(cache, entries)
+    claimed = add_many(caches["default"], entries)  # the backend itself, not the proxy
     taken = {key for (key, _, _), won in zip(entries, claimed, strict=True) if not won}
     previous = cache.get_many(list(taken)) if taken else {}
     for alert, (key, _, _), won in zip(alerts, entries, claimed, strict=True):
