@@ -17,6 +17,7 @@ from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from billing.models import BillingAccount, Plan
+from tradeflow.precompiled import Precompiled
 
 TRIAL_TRADES_REACHED = "Trial limit: {n} trades reached. Upgrade to continue."
 TRIAL_EXPIRED = "Trial expired: {n} days elapsed. Upgrade to continue."
@@ -106,6 +107,12 @@ def entry_block_reason(*, user, now: datetime) -> str | None:
     return _block_reason(billing_account_get(user=user), user=user, now=now)
 
 
+# Read for every drain and bot batch: compiled once per process (tradeflow/precompiled.py).
+_billing_rows = Precompiled(
+    lambda user_ids: BillingAccount.objects.select_related("plan").filter(user_id__any=user_ids),
+    model=BillingAccount, arity=1, lists=(0,))
+
+
 def entry_block_reasons(*, users, now: datetime) -> dict[int, str | None]:
     """``entry_block_reason`` for many users at once (a bot signal's subscribers): the billing records in one query
     and the trades of every limited allowance in one grouped count, instead of two queries per user."""
@@ -114,7 +121,7 @@ def entry_block_reasons(*, users, now: datetime) -> dict[int, str | None]:
     from brokers.models import Execution
 
     by_id = {user.pk: user for user in users}
-    accounts = {a.user_id: a for a in BillingAccount.objects.select_related("plan").filter(user_id__in=list(by_id))}
+    accounts = {a.user_id: a for a in _billing_rows(list(by_id))}
     for uid in by_id.keys() - accounts.keys():  # no billing record yet (created on the first look, as one by one)
         accounts[uid] = billing_account_get(user=by_id[uid])
     trial, paid = [], []  # the users whose allowance is limited: the trial, or a paid plan with a monthly count

@@ -16,6 +16,7 @@ from risk.models import RiskAdmission, RiskConfig, TradingHalt
 from risk.rules import ALLOW, Counters, Decision, entry_decide, intent_value, is_exit, money, reject
 from risk.selectors import day_start, risk_config_get, risk_counters, trading_halted
 from tradeflow.fastinsert import insert_objects
+from tradeflow.precompiled import Precompiled
 
 log = logging.getLogger(__name__)
 HALTED = "Trading halted by the operator (global kill switch): nothing was sent. Trading resumes when it is lifted."
@@ -121,6 +122,12 @@ def bot_open_counts(executions: list[Execution]) -> dict[tuple[int, int], int]:
     return counts
 
 
+# Locked for every drain and bot batch: compiled once per process (tradeflow/precompiled.py).
+_locked_configs = Precompiled(
+    lambda user_ids: RiskConfig.objects.select_for_update().filter(user_id__any=user_ids).order_by("user_id"),
+    model=RiskConfig, arity=1, lists=(0,))
+
+
 def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decision]:
     """``entry_admit`` for many first-attempt entries at once: every user's RiskConfig row is locked (in user order,
     so two batches never deadlock), each entry decided on its user's counters, and the admitted trade slots inserted
@@ -132,8 +139,7 @@ def entries_admit(executions: list[Execution], *, now=None) -> dict[int, Decisio
     if executions:
         with transaction.atomic(savepoint=False):
             def locked(user_ids):
-                rows = RiskConfig.objects.select_for_update().filter(user_id__in=user_ids).order_by("user_id")
-                return {config.user_id: config for config in rows}
+                return {config.user_id: config for config in _locked_configs(user_ids)}
 
             users = sorted({e.account.owner_id for e in executions})
             configs = locked(users)

@@ -76,3 +76,26 @@ def test_the_kill_switch_reads_its_latest_change(db):
     assert trading_halted() is True
     TradingHalt.objects.create(halted=False)
     assert trading_halted() is False
+
+
+def test_a_list_argument_is_one_parameter_whatever_its_length(db):
+    from brokers.models import Position
+
+    accounts = [paper_account(owner=UserFactory(), label=f"L{n}")[0] for n in range(3)]
+    for n, account in enumerate(accounts):
+        for symbol in ("AAA", "BBB"):
+            Position.objects.create(account=account, symbol=symbol, side="long", qty=n + 1, avg_price=10)
+    select = Precompiled(lambda ids, symbols: Position.objects.filter(account_id__any=ids, symbol__any=symbols)
+                         .order_by("account_id", "symbol"), model=Position, arity=2, lists=(0, 1))
+
+    def seen(rows):
+        return [(p.account_id, p.symbol) for p in rows]
+
+    one = select([accounts[0].pk], ["AAA"])
+    assert seen(one) == [(accounts[0].pk, "AAA")]
+    ids = [a.pk for a in accounts]
+    assert seen(select(ids[1:], ["AAA", "BBB"])) == seen(
+        Position.objects.filter(account_id__in=ids[1:]).order_by("account_id", "symbol"))
+    assert seen(select([ids[2], ids[0]], ["BBB", "ZZZ"])) == [(ids[0], "BBB"), (ids[2], "BBB")]
+    assert Position.objects.filter(account_id__any=ids, symbol__any=["AAA"]).count() == 3  # the lookup alone
+    assert not Position.objects.filter(account_id__any=[]).exists()  # empty: no rows, as __in

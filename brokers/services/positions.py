@@ -11,6 +11,7 @@ from brokers.calc import ZERO, net_fill
 from brokers.live import position_event, publish_on_commit, publish_positions_on_commit
 from brokers.models import BrokerAccount, Position
 from tradeflow.fastinsert import insert_objects, update_many
+from tradeflow.precompiled import Precompiled
 
 
 def _locked_open_position(account: BrokerAccount, symbol: str) -> Position | None:
@@ -98,6 +99,12 @@ NETTED = ["realized_pnl", "last_price", "status", "closed_at", "qty", "avg_price
           "updated_at"]
 
 
+# Locked for every drain and bot batch: compiled once per process (tradeflow/precompiled.py).
+_locked_open = Precompiled(lambda account_ids, symbols: Position.objects.select_for_update().filter(
+    status=Position.Status.OPEN, account_id__any=account_ids, symbol__any=symbols), model=Position, arity=2,
+    lists=(0, 1))
+
+
 def positions_apply_fills(fills: list[Fill]) -> None:
     """``position_apply_fill`` for many fills on different (account, symbol) pairs (a batch of bot subscribers), in
     the caller's transaction, with the same netting (``_net``).
@@ -108,9 +115,8 @@ def positions_apply_fills(fills: list[Fill]) -> None:
     ``levels`` are written onto the position the fill leaves open.
     """
     now = timezone.now()
-    held = {(p.account_id, p.symbol): p for p in Position.objects.select_for_update().filter(
-        status=Position.Status.OPEN, account_id__in={f.account.pk for f in fills},
-        symbol__in={f.symbol for f in fills})}
+    held = {(p.account_id, p.symbol): p for p in _locked_open(sorted({f.account.pk for f in fills}),
+                                                             sorted({f.symbol for f in fills}))}
     fresh: dict[tuple[int, str], Fill] = {}
     netted: list[Position] = []
     opened: list[Position] = []  # reversals' remainders
