@@ -252,3 +252,21 @@ def test_a_batch_shares_its_redis_round_trips(keys, settings, monkeypatch, djang
     assert [r.status for r in replies] == [202, 202, 202, 202, 401]
     assert trips == [2 * 5, 2 * 1, 4]  # SET NX + INCR per limit, SET NX per claim
     cache.clear()
+
+
+def test_a_stopping_server_cancels_the_requests_of_the_batch_in_flight():
+    async def run(inbounds):
+        await asyncio.Event().wait()  # a store that never finishes
+
+    async def main():
+        batcher = Batcher(run, receivers=1, size=5)
+        waiting = [asyncio.ensure_future(batcher.receive(n)) for n in range(3)]
+        await asyncio.sleep(0.01)
+        assert len(batcher.tasks) == 1  # the receiver is held, so it cannot vanish mid-batch
+        for task in list(batcher.tasks):
+            task.cancel()
+        done = await asyncio.gather(*waiting, return_exceptions=True)
+        return done, batcher
+
+    done, batcher = asyncio.run(main())
+    assert all(isinstance(x, asyncio.CancelledError) for x in done) and batcher.busy == 0 and not batcher.tasks

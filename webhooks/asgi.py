@@ -61,13 +61,16 @@ class Batcher:
         self.run, self.receivers, self.size = run, receivers, size
         self.waiting: list[tuple[Inbound, asyncio.Future]] = []
         self.busy = 0
+        self.tasks: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks
 
     async def receive(self, inbound: Inbound) -> Reply:
         future = asyncio.get_running_loop().create_future()
         self.waiting.append((inbound, future))
         if self.busy < self.receivers:
             self.busy += 1
-            asyncio.ensure_future(self._receiver())
+            task = asyncio.ensure_future(self._receiver())
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
         return await future
 
     async def _receiver(self) -> None:
@@ -78,7 +81,11 @@ class Batcher:
                     replies = await self.run([inbound for inbound, _ in batch])
                 except BaseException as exc:  # every request of the batch fails as a lone request would
                     for _, future in batch:
-                        if not future.done():
+                        if future.done():
+                            continue
+                        if isinstance(exc, asyncio.CancelledError):  # the server is stopping
+                            future.cancel()
+                        else:
                             future.set_exception(exc)
                     if not isinstance(exc, Exception):
                         raise
