@@ -179,12 +179,18 @@ def stored_payload(data) -> str:
     return json.dumps(redact_payload(data), default=str)[: settings.WEBHOOK_MAX_BODY_BYTES]
 
 
-def error_reply(inbound: Inbound, exc: WebhookError, *, data, payload_text: str, **target) -> Reply:
-    """The answer to a refused request, and its log row (the raw text when the body was not JSON)."""
-    reply = Reply(exc.status, exc.body())
+def refused_payload(inbound: Inbound, data, payload_text: str) -> str:
+    """What a refused request's log row keeps: the stored JSON, or the raw text when the body was not JSON."""
     if data is None and not payload_text:
-        payload_text = redact(inbound.body[:2000].decode("utf-8", "replace"))
-    log_request(inbound, reply, signal=None, payload=payload_text, error=exc.message, **target)
+        return redact(inbound.body[:2000].decode("utf-8", "replace"))
+    return payload_text
+
+
+def error_reply(inbound: Inbound, exc: WebhookError, *, data, payload_text: str, **target) -> Reply:
+    """The answer to a refused request, and its log row."""
+    reply = Reply(exc.status, exc.body())
+    log_request(inbound, reply, signal=None, payload=refused_payload(inbound, data, payload_text),
+                error=exc.message, **target)
     return reply
 
 
@@ -242,11 +248,8 @@ class _Alert:
 
     def refuse(self, exc: WebhookError) -> None:
         self.reply = Reply(exc.status, exc.body())
-        payload = self.payload_text
-        if self.data is None and not payload:
-            payload = redact(self.inbound.body[:2000].decode("utf-8", "replace"))
-        self.log = log_values(self.inbound, self.reply, signal=None, payload=payload, error=exc.message,
-                              account=self.account)
+        self.log = log_values(self.inbound, self.reply, signal=None, error=exc.message, account=self.account,
+                              payload=refused_payload(self.inbound, self.data, self.payload_text))
 
     def duplicate_of(self, signal_id: str) -> None:
         self.reply = _duplicate_reply(signal_id)
@@ -378,8 +381,7 @@ def _store_one(alert: _Alert) -> None:
         if found is None:
             raise
         alert.duplicate_of(str(found))
-        log_request(alert.inbound, alert.reply, signal=None, payload=alert.payload_text, error="duplicate alert",
-                    account=alert.account)
+        insert(WebhookLog, **alert.log)
         return
     except Exception:
         _release([alert])
