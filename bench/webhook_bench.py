@@ -309,7 +309,9 @@ def start_py_spy(procs: Procs, run_dir: Path, seconds: float, mode: str) -> list
     out = []
     for name in ("uvicorn", "celery"):
         pids = _children(procs.pid(name))
-        targets = [p for p in pids if p != procs.pid(name)] or pids
+        # uvicorn's supervisor only watches its workers; Celery's main process is the consumer (it reads the
+        # broker, hands tasks to the pool children and acknowledges them), so it is profiled with them.
+        targets = [p for p in pids if p != procs.pid(name) or name == "celery"] or pids
         for pid in targets[:8]:
             with contextlib.suppress(OSError):
                 cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -642,16 +644,24 @@ def terminal_count() -> int:
 def wait_drained(max_seconds: float) -> dict:
     """Wait until no execution is pending/running (bounded); report how fast the worker drained."""
     t0, first, left = time.monotonic(), None, None
+    waits: dict[str, int] = {}
     for _ in range(int(max_seconds * 4) + 1):
         left = db().execute("SELECT count(*) FROM brokers_execution WHERE status IN ('pending', 'running')"
                             ).fetchone()[0]
         first = left if first is None else first
         if left == 0 or time.monotonic() - t0 > max_seconds:
             break
+        # What the database sessions are doing meanwhile: a worker blocked on another's row locks shows as "Lock".
+        for state, wait, count in db().execute(
+                "SELECT state, coalesce(wait_event_type, '-'), count(*) FROM pg_stat_activity "
+                "WHERE datname = %s AND pid <> pg_backend_pid() AND state <> 'idle' GROUP BY 1, 2",
+                (DB_NAME,)).fetchall():
+            waits[f"{state}/{wait}"] = waits.get(f"{state}/{wait}", 0) + count
         time.sleep(0.25)
     waited = time.monotonic() - t0
     return {"backlog_at_start": first, "left": left, "waited_s": round(waited, 2),
-            "drain_rate_per_s": round((first - left) / waited, 1) if first and waited > 0.3 else None}
+            "drain_rate_per_s": round((first - left) / waited, 1) if first and waited > 0.3 else None,
+            "pg_session_samples": waits}
 
 
 FILL_SQL = """
@@ -928,7 +938,8 @@ def main() -> int:
             f"PostgreSQL connections to the bench db: {pg['after_ack']['total']}")
         # The floor (c) must not be measured while the worker is still busy with (a)'s backlog.
         drain_a = wait_drained(args.drain_seconds)
-        log(f"    worker drained the rest in {drain_a['waited_s']} s (backlog {drain_a['backlog_at_start']})")
+        log(f"    worker drained the rest in {drain_a['waited_s']} s (backlog {drain_a['backlog_at_start']}); "
+            f"database sessions sampled: {drain_a['pg_session_samples']}")
         if drain_a["left"]:
             log(f"    WARNING: {drain_a['left']} executions still queued: the worker competes with (c) and (b)")
         fill = fill_latency(ack["signal_ids"])
@@ -958,8 +969,12 @@ def main() -> int:
         livez = max(livez_runs, key=lambda r: r["ok_rps"])
         hook = max(hook_runs, key=lambda r: r["ok_rps"])
         log(f"    PostgreSQL connections to the bench db: {pg['after_webhook_throughput']['total']}")
+        meter.start()
         drain_b = wait_drained(max(10.0, min(60.0, args.max_seconds - (time.monotonic() - t_start) - 20)))
-        log(f"    worker backlog {drain_b['backlog_at_start']} → {drain_b['left']} in {drain_b['waited_s']} s")
+        drain_b["cpu_pct_of_core"] = meter.stop()
+        log(f"    worker backlog {drain_b['backlog_at_start']} → {drain_b['left']} in {drain_b['waited_s']} s; "
+            f"database sessions sampled: {drain_b['pg_session_samples']}; CPU % of a core "
+            f"{ {k: round(v) for k, v in drain_b['cpu_pct_of_core'].items()} }")
         procs.check_alive()
         checks = end_state_checks()
 

@@ -184,6 +184,9 @@ class Execution(models.Model):
             # scan in id order over the few pending rows, whose dead entries each scan marks for skipping.
             models.Index(fields=["id"], name="execution_waiting_alert",
                          condition=Q(status="pending", attempts=0, kind="signal", subscription__isnull=True)),
+            # The accounts a worker is running an execution on right now (a handful of rows): a drain leaves their
+            # waiting alerts to that worker instead of queueing behind its locks (batch._waiting).
+            models.Index(fields=["account"], name="execution_running_account", condition=Q(status="running")),
         ]
 
     def __str__(self) -> str:

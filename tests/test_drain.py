@@ -15,6 +15,7 @@ from accounts.models import User
 from brokers.adapters.paper import quote_set
 from brokers.models import BrokerAccount, Execution, Order, PaperOrder, Position, Quote
 from brokers.services.batch import executions_drain
+from brokers.services.breakeven import position_breakeven_record
 from brokers.tasks import execution_run_task, executions_drain_task
 from risk.services import risk_config_update
 from tests import factories
@@ -180,6 +181,62 @@ def test_a_drain_costs_a_fixed_number_of_statements_not_one_set_per_alert(client
     # One by one an entry is about 14 statements (392 more for 28 more); a batch does each step once for all.
     assert costs[30] - costs[2] <= 5, costs
     assert PaperOrder.objects.count() == 32
+
+
+def test_options_entries_cost_a_drain_no_statements_per_alert_and_each_gets_its_breakeven(
+        client, settings, django_capture_on_commit_callbacks):
+    settings.WEBHOOK_BATCH_SIZE = 100
+    accounts = desk()
+    costs = {}
+    for crowd, first_strike in ((2, 20000), (20, 30000)):
+        with django_capture_on_commit_callbacks(execute=False):
+            ids = [post(client, accounts[n % 5][1], {
+                "signal": "S1", "strike": first_strike + 100 * n, "type": "PE", "action": "ENTRY", "lots": 10,
+                "spot_price": first_strike + 100 * n + 300}) for n in range(crowd)]
+        with CaptureQueriesContext(connection) as queries:
+            outcome = executions_drain(ids[0])
+        assert (outcome.finished, outcome.single) == (crowd, [])
+        costs[crowd] = len(queries)
+    # The contracts' expiry, the hedges' and the main legs' fills and the breakevens: each once for the batch.
+    assert costs[20] - costs[2] <= 2, costs
+    mains = Position.objects.filter(meta__role="main").select_related("account")
+    assert mains.count() == 22 and Position.objects.filter(meta__role="hedge").count() == 22
+    for main in mains:  # what the one-by-one path computes for the same open legs
+        stored = main.meta["breakeven"]
+        assert D(stored) == position_breakeven_record(account=main.account, symbol=main.symbol).quantize(D("0.0001"))
+        hedge = Position.objects.get(account=main.account, symbol=main.meta["hedge_symbol"])
+        credit = main.avg_price - hedge.avg_price * hedge.qty / main.qty
+        assert D(stored) == (D(main.meta["strike"]) - credit).quantize(D("0.0001")), main.symbol
+
+
+def test_a_drain_leaves_the_alerts_of_an_account_another_worker_is_running_to_that_worker(
+        client, settings, django_capture_on_commit_callbacks):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    (_, busy_key), (_, key), *_ = desk()
+    with django_capture_on_commit_callbacks(execute=False):
+        running = post(client, busy_key, unify("buy", "AAPL", "1", "100"))
+        busy = [post(client, busy_key, unify("buy", "AAPL", "1", str(101 + n))) for n in range(2)]
+        free = [post(client, key, unify("buy", "MSFT", "1", str(300 + n))) for n in range(3)]
+    # Another worker holds the first alert of the busy account (and, until it commits, that account's locks).
+    Execution.objects.filter(pk=running).update(status="running", attempts=1,
+                                                lease_until=timezone.now() + timedelta(minutes=5))
+
+    outcome = executions_drain(free[0], limit=3)  # its own and two waiting: the free account's, not the older busy
+    assert (outcome.finished, outcome.more) == (3, True)
+    assert set(Execution.objects.filter(status="filled").values_list("pk", flat=True)) == set(free)
+    # Nothing is left behind: with only the busy account's alerts waiting, a drain takes them, oldest first.
+    outcome = executions_drain(0, limit=2)
+    assert (outcome.finished, outcome.more) == (1, True)
+    assert Execution.objects.get(pk=busy[0]).status == "filled"
+    # A lease that ran out (the worker died) does not make an account busy.
+    Execution.objects.filter(pk=running).update(lease_until=timezone.now() - timedelta(seconds=1))
+    with django_capture_on_commit_callbacks(execute=False):
+        late = post(client, key, unify("buy", "MSFT", "1", "310"))
+    assert executions_drain(late, limit=2).finished == 2
+    assert Execution.objects.get(pk=busy[1]).status == "filled"
 
 
 def test_a_drain_says_when_it_took_all_it_may_so_the_rest_gets_another(client, settings,

@@ -20,6 +20,7 @@ from brokers.services.instruments import (
     freeze_split,
     instruments_sync_kite,
     option_resolve,
+    resolve_memo,
 )
 from tests.protocol.kite_server import KiteServer
 
@@ -160,6 +161,32 @@ def test_a_strike_not_listed_is_an_error_naming_strike_and_expiry(db, kite_serve
 def test_nothing_synced_is_an_error_that_says_to_sync(db):
     with pytest.raises(InstrumentNotFound, match="run the instruments sync"):
         option_resolve(underlying="NIFTY", strike=25000, option_type="PE", on_date=date(2025, 12, 24))
+
+
+def test_inside_a_memo_each_expiry_and_contract_is_read_once_and_nothing_outlives_it(db, kite_server):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    def resolve(strike):
+        return option_resolve(underlying="NIFTY", strike=strike, option_type="PE", on_date=date(2025, 12, 24))
+
+    with resolve_memo():  # nothing synced yet: the not-found answer is remembered for the block
+        with CaptureQueriesContext(connection) as queries:
+            for strike in (25000, 25000, 24800):
+                with pytest.raises(InstrumentNotFound, match="run the instruments sync"):
+                    resolve(strike)
+        assert len(queries) == 1  # the expiries, once for the three
+    sync(kite_server)
+    with resolve_memo():
+        with CaptureQueriesContext(connection) as queries:
+            found = [resolve(strike) for strike in (25000, 24800, 25000, 24800)]
+            with pytest.raises(InstrumentNotFound, match="NIFTY 25050 PE is not listed"):
+                resolve(25050)
+        assert len(queries) == 4  # the expiry once, then each contract once (the unlisted one too)
+        assert found[0] == found[2] and found[1] == found[3] and found[0].strike == 25000
+    with CaptureQueriesContext(connection) as queries:  # outside a memo every call reads the table
+        assert resolve(25000) == found[0] and resolve(25000) == found[0]
+    assert len(queries) == 4
 
 
 def test_the_resolved_lot_size_is_what_kite_accepts(owner, kite_server, settings):

@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import F, Q
+from django.db.models import Exists, F, OuterRef, Q
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from brokers.adapters import get_adapter
@@ -50,7 +51,7 @@ from brokers.adapters.base import (
 )
 from brokers.live import execution_event, publish_on_commit
 from brokers.models import Broker, Execution, Order
-from brokers.services.breakeven import position_breakeven_record
+from brokers.services.breakeven import positions_breakeven_record
 from brokers.services.execution import (
     LEASE,
     ORDER_STATUS,
@@ -65,6 +66,7 @@ from brokers.services.execution import (
     execution_reason,
     protection_levels,
 )
+from brokers.services.instruments import resolve_memo
 from brokers.services.outcomes import OUTCOME, execution_log_outcome, execution_record_slippage
 from brokers.services.planning import LegPlan, PlanRejected, plan_legs
 from brokers.services.positions import Fill, positions_apply_fills
@@ -120,11 +122,22 @@ def _rows(condition: Q):
                                             "signal").filter(condition).order_by()
 
 
+WINDOW = 4  # a drain picks its alerts among the oldest WINDOW × its batch size waiting
+
+
 def _waiting(execution_id: int, limit: int):
-    """The oldest account alerts waiting for a worker, but ``execution_id``: up to ``limit`` - 1."""
-    return Execution.objects.filter(
+    """The oldest account alerts waiting for a worker, but ``execution_id``: up to ``limit`` - 1, taken among the
+    oldest ``WINDOW`` × ``limit`` with those of an account another worker is running an execution on last. That
+    worker holds the account's (and its user's) locks until it commits, so a second drain that took them would wait
+    for it instead of working beside it: they are the next drain's, in their order. Nothing is left behind by this:
+    a drain takes all that is waiting, or ``limit`` - 1 (and then sends another drain)."""
+    waiting = Execution.objects.filter(
         status=Execution.Status.PENDING, attempts=0, kind=Execution.Kind.SIGNAL, subscription__isnull=True,
-    ).exclude(pk=execution_id).order_by("pk").values("pk")[:limit - 1]
+    ).exclude(pk=execution_id).order_by("pk")
+    busy = Execution.objects.filter(account_id=OuterRef("account_id"), status=Execution.Status.RUNNING,
+                                    lease_until__gt=Now())
+    return (Execution.objects.filter(pk__in=waiting.values("pk")[:WINDOW * limit])
+            .order_by(Exists(busy).asc(), "pk").values("pk")[:limit - 1])
 
 
 _drain_selects: dict[int, Precompiled] = {}
@@ -245,36 +258,37 @@ def _steps(executions: list[Execution], outcome: BatchOutcome) -> None:
 
     items: list[_Item] = []
     decisions = entries_decide(executions)
-    for execution in executions:
-        decision = decisions[execution.pk]
-        if not decision.allowed:
-            finish(execution, Execution.Status.REJECTED, decision.code, decision.message)
-            continue
-        adapter = get_adapter(execution.account)
-        try:
-            legs = plan_legs(execution, adapter=adapter)
-        except PlanRejected as exc:
-            finish(execution, Execution.Status.REJECTED, exc.code, exc.message)
-            continue
-        except (BrokerTransient, BrokerAmbiguous):  # the one-by-one path retries with backoff
-            outcome.single.append(execution.pk)
-            continue
-        except BrokerError as exc:
-            if isinstance(exc, BrokerAuthError):
-                _mark_login_needed(execution.account, exc)
-            finish(execution, Execution.Status.FAILED, exc.code or "broker_rejected",
-                   f"Could not prepare the order: {exc.message}")
-            continue
-        if [leg.leg for leg in legs] not in (["main"], ["hedge", "main"]) or (
-                len(legs) > 1 and not execution.account.is_paper):  # not a plain entry after all: one by one
-            outcome.single.append(execution.pk)
-            continue
-        if (value := _unpriced_entry_value(execution, legs)) is not None:
-            decision = planned_value_decide(execution=execution, value=value)
+    with resolve_memo():  # the batch's options entries ask for the same few contracts
+        for execution in executions:
+            decision = decisions[execution.pk]
             if not decision.allowed:
                 finish(execution, Execution.Status.REJECTED, decision.code, decision.message)
                 continue
-        items.append(_Item(execution, adapter, legs))
+            adapter = get_adapter(execution.account)
+            try:
+                legs = plan_legs(execution, adapter=adapter)
+            except PlanRejected as exc:
+                finish(execution, Execution.Status.REJECTED, exc.code, exc.message)
+                continue
+            except (BrokerTransient, BrokerAmbiguous):  # the one-by-one path retries with backoff
+                outcome.single.append(execution.pk)
+                continue
+            except BrokerError as exc:
+                if isinstance(exc, BrokerAuthError):
+                    _mark_login_needed(execution.account, exc)
+                finish(execution, Execution.Status.FAILED, exc.code or "broker_rejected",
+                       f"Could not prepare the order: {exc.message}")
+                continue
+            if [leg.leg for leg in legs] not in (["main"], ["hedge", "main"]) or (
+                    len(legs) > 1 and not execution.account.is_paper):  # not a plain entry after all: one by one
+                outcome.single.append(execution.pk)
+                continue
+            if (value := _unpriced_entry_value(execution, legs)) is not None:
+                decision = planned_value_decide(execution=execution, value=value)
+                if not decision.allowed:
+                    finish(execution, Execution.Status.REJECTED, decision.code, decision.message)
+                    continue
+            items.append(_Item(execution, adapter, legs))
     _release(outcome.single)
     # Legs in plan order, a step for all at once: the hedges first, and a main leg only against a filled hedge.
     while items:
@@ -401,8 +415,7 @@ def _record(items: list[_Item], results: list, finish, outcome: BatchOutcome) ->
                                            "reject_reason", "filled_at"])
         if fills:
             positions_apply_fills(fills)
-        for order in breakeven:
-            position_breakeven_record(account=order.account, symbol=order.symbol)
+        positions_breakeven_record([(order.account, order.symbol) for order in breakeven])
     if protect:
         _protect(protect, finish, outcome)
     _release(outcome.single)

@@ -16,8 +16,11 @@ from __future__ import annotations
 from decimal import Decimal
 
 from django.db import transaction
+from django.utils import timezone
 
 from brokers.models import BrokerAccount, Position
+from tradeflow.fastinsert import update_many
+from tradeflow.precompiled import Precompiled
 
 ZERO = Decimal("0")
 
@@ -61,21 +64,49 @@ def position_breakeven_record(*, account: BrokerAccount, symbol: str) -> Decimal
     updates it for the combined position; for a single entry those are the fill prices. The hedge counts only
     while it is open. Returns the breakeven, or None when ``symbol`` is not an open short main leg.
     """
-    main = Position.objects.select_for_update().filter(account=account, symbol=symbol,
-                                                        status=Position.Status.OPEN).first()
-    meta = main.meta if main else {}
-    if main is None or meta.get("role") != "main" or main.side != Position.Side.SHORT or not meta.get("strike"):
-        return None
-    hedge = None
-    if meta.get("hedge_symbol"):
-        hedge = Position.objects.filter(account=account, symbol=meta["hedge_symbol"], status=Position.Status.OPEN,
-                                        side=Position.Side.LONG).first()
-    credit = option_net_credit(main_price=main.avg_price, main_qty=main.qty,
-                               hedge_price=hedge.avg_price if hedge else None, hedge_qty=hedge.qty if hedge else ZERO)
-    breakeven = option_breakeven(option_type=meta.get("option_type", ""), strike=Decimal(meta["strike"]),
-                                 main_price=main.avg_price, main_qty=main.qty,
-                                 hedge_price=hedge.avg_price if hedge else None,
-                                 hedge_qty=hedge.qty if hedge else ZERO)
-    main.meta = {**meta, "breakeven": _plain(breakeven), "net_credit": _plain(credit)}
-    main.save(update_fields=["meta", "updated_at"])
-    return breakeven
+    return positions_breakeven_record([(account, symbol)]).get((account.pk, symbol))
+
+
+# The open positions of some (account, symbol) pairs, main legs locked: compiled once per process.
+_open_positions = {
+    locked: Precompiled(lambda account_ids, symbols, locked=locked: (
+        Position.objects.select_for_update() if locked else Position.objects).filter(
+        status=Position.Status.OPEN, account_id__any=account_ids, symbol__any=symbols), model=Position, arity=2,
+        lists=(0, 1))
+    for locked in (True, False)
+}
+
+
+@transaction.atomic(savepoint=False)
+def positions_breakeven_record(pairs: list[tuple[BrokerAccount, str]]) -> dict[tuple[int, str], Decimal]:
+    """``position_breakeven_record`` for many filled main legs (a batch of options entries): the main legs locked
+    in one query, their hedges read in one, and the breakevens written in one statement. Returns (account id,
+    symbol) → breakeven for the pairs that are open short main legs."""
+    wanted = {(account.pk, symbol) for account, symbol in pairs}
+    if not wanted:
+        return {}
+    mains = [p for p in _open_positions[True](sorted({a for a, _ in wanted}), sorted({s for _, s in wanted}))
+             if (p.account_id, p.symbol) in wanted and p.meta.get("role") == "main" and p.side == Position.Side.SHORT
+             and p.meta.get("strike")]
+    hedged = {(p.account_id, p.meta["hedge_symbol"]) for p in mains if p.meta.get("hedge_symbol")}
+    hedges = {}
+    if hedged:
+        hedges = {(h.account_id, h.symbol): h for h in _open_positions[False](
+            sorted({a for a, _ in hedged}), sorted({s for _, s in hedged})) if h.side == Position.Side.LONG
+            and (h.account_id, h.symbol) in hedged}
+    out = {}
+    for main in mains:
+        meta = main.meta
+        hedge = hedges.get((main.account_id, meta.get("hedge_symbol")))
+        credit = option_net_credit(main_price=main.avg_price, main_qty=main.qty,
+                                   hedge_price=hedge.avg_price if hedge else None,
+                                   hedge_qty=hedge.qty if hedge else ZERO)
+        breakeven = option_breakeven(option_type=meta.get("option_type", ""), strike=Decimal(meta["strike"]),
+                                     main_price=main.avg_price, main_qty=main.qty,
+                                     hedge_price=hedge.avg_price if hedge else None,
+                                     hedge_qty=hedge.qty if hedge else ZERO)
+        main.meta = {**meta, "breakeven": _plain(breakeven), "net_credit": _plain(credit)}
+        main.updated_at = timezone.now()
+        out[(main.account_id, main.symbol)] = breakeven
+    update_many(mains, ["meta", "updated_at"])
+    return out

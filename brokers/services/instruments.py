@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import date, datetime, time
 from decimal import Decimal
@@ -175,6 +177,30 @@ def _target_expiry(expiries: list[date], *, expiry_rule: str) -> date | None:
     raise ValueError(f"Unknown expiry rule {expiry_rule!r}: use nearest_weekly or nearest_monthly")
 
 
+_memo: ContextVar[dict | None] = ContextVar("option_resolve_memo", default=None)
+
+
+@contextmanager
+def resolve_memo():
+    """Within this block, ``option_resolve`` reads each expiry and each contract once: a batch of options entries
+    asks for the same expiry (and often the same contracts) again and again. Scoped to the block, so nothing
+    outlives it: the next batch reads the table again, and sees a sync that ran in between."""
+    token = _memo.set({})
+    try:
+        yield
+    finally:
+        _memo.reset(token)
+
+
+def _memoized(key: tuple, read):
+    memo = _memo.get()
+    if memo is None:
+        return read()
+    if key not in memo:
+        memo[key] = read()
+    return memo[key]
+
+
 def option_resolve(*, underlying: str, strike, option_type: str, on_date: date,
                    expiry_rule: str = "nearest_weekly", min_days_to_expiry: int = 0,
                    exchanges=("NFO", "BFO")) -> Instrument:
@@ -183,30 +209,36 @@ def option_resolve(*, underlying: str, strike, option_type: str, on_date: date,
     The expiry is chosen among the underlying's listed option expiries on or after ``on_date`` (plus
     ``min_days_to_expiry``, to roll before expiry day): its weeklies for ``nearest_weekly``, its month-end
     contracts for ``nearest_monthly``. The strike must be listed in that expiry; a different expiry is
-    never substituted silently.
+    never substituted silently. Inside ``resolve_memo`` each expiry and contract is read once.
     """
     option_type = option_type.upper()
     if option_type not in OPTION_TYPES:
         raise InstrumentNotFound(f"Option type must be CE or PE, not {option_type!r}")
     strike = Decimal(str(strike))
     from_date = date.fromordinal(on_date.toordinal() + min_days_to_expiry)
+    exchanges = tuple(exchanges)
     base = Instrument.objects.filter(broker=Broker.KITE, exchange__in=exchanges, name=underlying.upper(),
                                      instrument_type__in=OPTION_TYPES, expiry__gte=from_date)
-    if expiry_rule == "nearest_monthly":
-        # One expiry per month is enough to pick from: the month's last.
-        expiries = list(
-            base.annotate(y=ExtractYear("expiry"), m=ExtractMonth("expiry")).values("y", "m")
-            .annotate(last=Max("expiry")).values_list("last", flat=True)
-        )
-    else:
-        expiries = list(base.order_by("expiry").values_list("expiry", flat=True).distinct()[:1])
+
+    def listed_expiries() -> list[date]:
+        if expiry_rule == "nearest_monthly":
+            # One expiry per month is enough to pick from: the month's last.
+            return list(
+                base.annotate(y=ExtractYear("expiry"), m=ExtractMonth("expiry")).values("y", "m")
+                .annotate(last=Max("expiry")).values_list("last", flat=True)
+            )
+        return list(base.order_by("expiry").values_list("expiry", flat=True).distinct()[:1])
+
+    expiries = _memoized(("expiries", underlying.upper(), exchanges, from_date, expiry_rule), listed_expiries)
     expiry = _target_expiry(expiries, expiry_rule=expiry_rule)
     if expiry is None:
         raise InstrumentNotFound(
             f"No {underlying} options expiring on or after {from_date} in the Kite instruments list: "
             "run the instruments sync, or check the underlying's name."
         )
-    contract = base.filter(expiry=expiry, strike=strike, instrument_type=option_type).first()
+    contract = _memoized(
+        ("contract", underlying.upper(), exchanges, expiry, strike, option_type),
+        lambda: base.filter(expiry=expiry, strike=strike, instrument_type=option_type).first())
     if contract is None:
         raise InstrumentNotFound(
             f"{underlying} {strike.normalize():f} {option_type} is not listed for the {expiry} expiry: "
