@@ -701,6 +701,10 @@ def fill_latency(signal_ids: list[str]) -> dict:
         "received_to_finished_ms": summary(col(5)),
         "server_ack_ms_signal_row": summary(col(6)),
         "server_latency_ms_log_row": summary(log_ms),
+        # A drain claims its batch in one statement, so the executions of one batch share their started_at.
+        "worker_batch_size": summary([float(n) for (n,) in db().execute(
+            "SELECT count(*) FROM brokers_execution WHERE signal_id = ANY(%s::uuid[]) GROUP BY started_at",
+            (signal_ids,))]),
     }
 
 
@@ -768,6 +772,9 @@ def print_report(res: dict) -> None:
          f"{fmt(fl['fill_ms_unify'].get('p50'))} / {fmt(fl['fill_ms_options'].get('p50'))}", ""),
         ("    received → task start p50 / p99 (ms)", _ms(fl["received_to_task_start_ms"], ("p50", "p99")), ""),
         ("    task start → main fill p50 / p99 (ms)", _ms(fl["task_start_to_fill_ms"], ("p50", "p99")), ""),
+        ("    worker batches: count, mean / p50 / max size",
+         f"{fl['worker_batch_size'].get('n')}, {fmt(fl['worker_batch_size'].get('mean'))} / "
+         f"{fmt(fl['worker_batch_size'].get('p50'), '', 0)} / {fmt(fl['worker_batch_size'].get('max'), '', 0)}", ""),
         (f"(d0) Unloaded, {low_ack['rate_target']:.0f} req/s: ack p50 / p99 (ms)", _ms(low_ack["latency_ms"],
                                                                                       ("p50", "p99")), ""),
         ("    signal → fill p50 / p99 (ms)", _ms(low_fill["fill_ms"], ("p50", "p99")),

@@ -125,3 +125,43 @@ def test_update_many_where_writes_only_the_rows_still_as_expected_and_says_which
     assert dict(Execution.objects.values_list("pk", "status")) == {
         rows[0].pk: "filled", rows[1].pk: "failed", rows[2].pk: "filled"}
     assert update_many([], ["status"], where={"status": "running"}) == set()
+
+
+def test_a_large_batch_goes_as_column_arrays_with_the_same_rows_and_pks_in_order(paper):
+    """From UNNEST_ROWS rows on, inserts and updates send a column per parameter (UNNEST on PostgreSQL): JSON, UUID,
+    Decimal, inet, aware datetimes and NULLs arrive as the ORM would store them, and the pks come back in order."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from tradeflow.fastinsert import UNNEST_ROWS, insert_objects
+
+    account, _ = paper
+    n = UNNEST_ROWS + 4
+    when = timezone.now()
+    signals = [Signal(id=uuid.uuid4(), account=account, format="unify.v1", client_id=f"c{i}", body_hash="h",
+                      payload={"i": i, "price": "1.5"}, intent={"i": i}, source_ip="10.0.0.1" if i % 2 else None,
+                      received_at=when, ack_ms=Decimal(i) / 4) for i in range(n)]
+    logs = [WebhookLog(account=account, signal=signal, method="POST", path=f"/p/{i}", status=202, payload="{}",
+                       response={"n": i}, latency_ms=Decimal("0.25") * i, error="")
+            for i, signal in enumerate(signals)]
+    with CaptureQueriesContext(connection) as queries:
+        insert_objects([signals, logs], savepoint=False)
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1 and "UNNEST" in queries[0]["sql"]
+    stored = {s.pk: s for s in Signal.objects.filter(account=account)}
+    assert [stored[s.pk].intent for s in signals] == [{"i": i} for i in range(n)]
+    assert [stored[s.pk].ack_ms for s in signals] == [Decimal(i) / 4 for i in range(n)]
+    assert [stored[s.pk].source_ip for s in signals] == ["10.0.0.1" if i % 2 else None for i in range(n)]
+    assert all(stored[s.pk].received_at == when for s in signals)
+    # Each log row's pk is the row it was given for: its path and its signal say so.
+    assert [(log.path, log.signal_id) for log in WebhookLog.objects.filter(pk__in=[x.pk for x in logs])
+            .order_by("pk")] == [(f"/p/{i}", s.pk) for i, s in enumerate(signals)]
+
+    for i, log in enumerate(logs):
+        log.status, log.response, log.error = 200 + i, {"again": i}, f"e{i}"
+    with CaptureQueriesContext(connection) as queries:
+        update_many(logs, ["status", "response", "error"])
+    if connection.vendor == "postgresql":
+        assert len(queries) == 1 and "UNNEST" in queries[0]["sql"]
+    assert sorted(WebhookLog.objects.filter(pk__in=[x.pk for x in logs]).values_list("status", "response", "error")) \
+        == [(200 + i, {"again": i}, f"e{i}") for i in range(n)]

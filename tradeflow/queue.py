@@ -38,11 +38,19 @@ _templates: dict[tuple, _Template] = {}
 _lock = threading.Lock()
 
 
-def _template(task) -> _Template:
+def _task(task):
+    """The task itself, not ``shared_task``'s proxy: every attribute read through the proxy looks the task up again
+    in the app's registry (measured: about 0.2 ms of CPU per publish went to that and to reading the app's conf)."""
+    get = getattr(task, "_get_current_object", None)
+    return get() if get is not None else task
+
+
+def _template(task, broker_url: str | None = None) -> _Template:
     """The message Celery would send for ``task``, made by Celery and kombu themselves once per process: published
     through a channel of its own whose ``_put`` (the Redis LPUSH) keeps the message instead of sending it."""
     app = task.app
-    key = (task.name, app.conf.task_default_queue, app.conf.broker_url)
+    conf = app.conf
+    key = (task.name, conf.task_default_queue, broker_url or conf.broker_url)
     found = _templates.get(key)
     if found is not None:
         return found
@@ -61,13 +69,14 @@ def _template(task) -> _Template:
     return found
 
 
-def message_for(task, args: tuple) -> tuple[str, bytes]:
+def message_for(task, args: tuple, *, broker_url: str | None = None) -> tuple[str, bytes]:
     """The Redis list and the serialized message that run ``task(*args)``: Celery's template with a new task id,
     the arguments and a new delivery tag. Measured: 0.28 ms of CPU for ``task.delay`` (routing, header building,
     the producer pool, kombu's publish path) against about 0.03 ms for this and the LPUSH."""
     from celery.utils.saferepr import saferepr
 
-    template = _template(task)
+    task = _task(task)
+    template = _template(task, broker_url)
     task_id = str(uuid.uuid4())
     message = template.message
     headers = {**message["headers"], "id": task_id, "root_id": task_id, "argsrepr": saferepr(tuple(args))}
@@ -99,12 +108,13 @@ def publish(task, args: tuple, *, unless_queued: bool = False, ttl: int = 5) -> 
     the task clears the flag (``queued_clear``) before it looks for its work, so whatever was stored before a
     skipped publish is found by the queued task. Anything unexpected falls back to ``task.delay`` (Celery's own
     retries; no flag then)."""
+    task = _task(task)
     url = task.app.conf.broker_url
     if not url.startswith(("redis://", "rediss://", "unix://")):
         task.delay(*args)
         return True
     try:
-        key, payload = message_for(task, args)
+        key, payload = message_for(task, args, broker_url=url)
         client = redis_client(url)
         if not unless_queued:
             client.lpush(key, payload)

@@ -199,7 +199,11 @@ if DATABASE_URL:
             "min_size": 2, "max_size": env.int("DB_POOL_MAX_SIZE", default=20), "timeout": 10}
     else:
         DATABASES["default"]["CONN_MAX_AGE"] = env.int("CONN_MAX_AGE", default=60)
-        DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+        # Off by default: Django's check is a ``SELECT 1`` round trip before the first query of every Celery task.
+        # A connection that died (PostgreSQL restarted) fails that task's first statement instead, and Django drops
+        # it; the tasks are built for that (an execution is retried, a drain hands its alert to its own task, the
+        # sweeper resumes what is left).
+        DATABASES["default"]["CONN_HEALTH_CHECKS"] = env.bool("CONN_HEALTH_CHECKS", default=False)
 else:
     DATA_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
