@@ -268,15 +268,21 @@ class AccountCredentials(APIView):
     """Replace the broker API key and secret. Write-only: no endpoint ever returns them. Binance checks the key
     first (a refused key changes nothing); Kite ends the session, so log in to Kite again on the account page."""
 
-    @extend_schema(request=CredentialsSerializer, responses=CredentialsResultSerializer)
+    @extend_schema(request=CredentialsSerializer, responses={
+        200: CredentialsResultSerializer,
+        422: OpenApiResponse(ERROR, description="The broker refused the new key, or the account is a paper account "
+                                                "(code `broker_refused`); nothing was changed"),
+        503: OpenApiResponse(ERROR, description="The broker could not be reached to check the key; nothing was "
+                                                "changed"),
+    })
     def put(self, request, pk: int):
         account = owned(selectors.account_get, user=request.user, pk=pk)
         data = CredentialsSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         try:
             warnings = connect.account_credentials_replace(account=account, actor=request.user, **data.validated_data)
-        except connect.ConnectError as exc:
-            raise serializers.ValidationError({exc.field or "non_field_errors": exc.message}) from exc
+        except connect.ConnectError as exc:  # the same answers as connecting: 422 refused, 503 unreachable
+            raise _refused(exc) from exc
         return Response({"account": AccountSerializer(account).data, "warnings": warnings})
 
 

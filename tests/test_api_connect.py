@@ -129,6 +129,23 @@ def test_binance_unreachable_is_503_and_saves_nothing(api, owner, binance, setti
     assert not BrokerAccount.objects.filter(owner=owner).exists()
 
 
+def test_replacing_a_binance_key_answers_as_connecting_does_and_a_refused_one_changes_nothing(
+        api, owner, binance, settings):
+    created = api("post", URL, binance_body(binance.api_key, binance.api_secret))
+    assert created.status_code == 201, created.content
+    account = BrokerAccount.objects.get(pk=created.json()["account"]["id"])
+    url = f"/api/v1/accounts/{account.pk}/credentials/"
+
+    error = assert_refused(api("put", url, {"api_key": binance.api_key, "api_secret": "f" * 64}), 422,
+                           "broker_refused")
+    assert "The API secret does not belong to this API key" in error["fields"]["api_secret"]
+    settings.BINANCE_FUTURES_URL = "http://127.0.0.1:9/fapi"
+    error = assert_refused(api("put", url, {"api_key": "c" * 64, "api_secret": "d" * 64}), 503, "broker_unavailable")
+    assert "try again in a minute" in error["message"]
+    account.refresh_from_db()
+    assert (account.api_key, account.api_secret) == (binance.api_key, binance.api_secret)  # unchanged
+
+
 def test_binance_key_without_ip_whitelist_connects_with_the_warning(api, owner, binance):
     key, secret = binance.add_account(ip_restrict=False)
     response = api("post", URL, binance_body(key, secret, market="spot", leverage=5))

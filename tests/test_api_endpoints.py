@@ -355,6 +355,7 @@ def test_replace_broker_credentials_is_write_only(api, owner, paper):
     assert response.json()["account"]["status"] == "login_needed"  # a new key means a new Kite login
     paper_account, _ = paper
     refused = api("put", f"/api/v1/accounts/{paper_account.pk}/credentials/", {"api_key": "k", "api_secret": "s"})
-    assert refused.status_code == 400 and "Paper accounts" in refused.json()["error"]["message"]
+    assert refused.status_code == 422 and "Paper accounts" in refused.json()["error"]["message"]
+    assert refused.json()["error"]["code"] == "broker_refused"
     spaced = api("put", f"/api/v1/accounts/{kite.pk}/credentials/", {"api_key": "a b", "api_secret": "s"})
     assert spaced.status_code == 400 and "without spaces" in spaced.json()["error"]["fields"]["api_key"]
