@@ -150,6 +150,13 @@ def _refused(exc: connect.ConnectError) -> WebhookError:
 
 
 ERROR = {"$ref": "#/components/schemas/Error"}  # the shared error format (tradeflow.api_common)
+
+
+def _refusals(refused: str, untouched: str) -> dict:
+    """The schema of ``_refused``'s answers: 422 (``refused`` says when) and 503; nothing was ``untouched``."""
+    return {422: OpenApiResponse(ERROR, description=f"{refused}; nothing was {untouched}"),
+            503: OpenApiResponse(ERROR, description="The broker could not be reached to check the key; nothing was "
+                                                    f"{untouched}")}
 ACCOUNT_CREATE = PolymorphicProxySerializer(
     component_name="AccountCreate", resource_type_field_name="broker",
     serializers={str(k): v for k, v in CREATE_SERIALIZERS.items()})
@@ -168,10 +175,8 @@ class AccountList(generics.ListAPIView):
 
     @extend_schema(request=ACCOUNT_CREATE, responses={
         201: AccountCreatedSerializer,
-        422: OpenApiResponse(ERROR, description="The broker refused the key, or the plan's account limit is reached "
-                                                "(code `broker_refused` / `plan_limit`); nothing was saved"),
-        503: OpenApiResponse(ERROR, description="The broker could not be reached to check the key; nothing was "
-                                                "saved"),
+        **_refusals("The broker refused the key, or the plan's account limit is reached (code `broker_refused` / "
+                    "`plan_limit`)", "saved"),
     })
     def post(self, request):
         broker = request.data.get("broker", Broker.PAPER) if isinstance(request.data, dict) else Broker.PAPER
@@ -270,10 +275,8 @@ class AccountCredentials(APIView):
 
     @extend_schema(request=CredentialsSerializer, responses={
         200: CredentialsResultSerializer,
-        422: OpenApiResponse(ERROR, description="The broker refused the new key, or the account is a paper account "
-                                                "(code `broker_refused`); nothing was changed"),
-        503: OpenApiResponse(ERROR, description="The broker could not be reached to check the key; nothing was "
-                                                "changed"),
+        **_refusals("The broker refused the new key, or the account is a paper account (code `broker_refused`)",
+                    "changed"),
     })
     def put(self, request, pk: int):
         account = owned(selectors.account_get, user=request.user, pk=pk)

@@ -118,9 +118,13 @@ def _unnest_types(fields, connection) -> list[str]:
     return [f"(%s)::{f.db_type(connection).split('(')[0]}[]" for f in fields]
 
 
-def _columns(objs: list[Model], fields, connection) -> list[list]:
-    """The rows' prepared values, column by column (``pre_save`` then ``get_db_prep_save``, as the ORM's insert)."""
-    rows = [[f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields] for obj in objs]
+def _prepared(objs: list[Model], fields, connection) -> list[list]:
+    """The rows' values as the ORM's insert prepares them (``pre_save`` then ``get_db_prep_save``), row by row."""
+    return [[f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields] for obj in objs]
+
+
+def _transposed(rows: list[list]) -> list[list]:
+    """Rows of values as column arrays (one ``UNNEST`` parameter each)."""
     return [list(column) for column in zip(*rows, strict=True)]
 
 
@@ -142,11 +146,10 @@ def _insert_in_one_statement(groups: list[list[Model]], connection, using: str) 
         if len(objs) >= UNNEST_ROWS:
             unnest = ", ".join(_unnest_types(fields, connection))
             parts.append(f"r{n} AS ({head} SELECT * FROM UNNEST({unnest}) RETURNING {pk})")  # noqa: S608 - metadata
-            params.extend(_columns(objs, fields, connection))
+            params.extend(_transposed(_prepared(objs, fields, connection)))
         else:
             parts.append(f"r{n} AS ({head} VALUES {', '.join([values] * len(objs))} RETURNING {pk})")
-            for obj in objs:
-                params.extend(f.get_db_prep_save(f.pre_save(obj, True), connection=connection) for f in fields)
+            params.extend(value for row in _prepared(objs, fields, connection) for value in row)
         arrays.append(f"ARRAY(SELECT {pk} FROM r{n})")  # noqa: S608 - generated names only
     if not parts:
         return
@@ -204,7 +207,7 @@ def update_many(objs: list[Model], fields: list[str], *, chunk: int = 1000, wher
             values = [[f.get_db_prep_save(getattr(obj, f.attname), connection=connection) for f in columns]
                       for obj in part]
             if len(part) >= UNNEST_ROWS:  # column arrays, as _insert_in_one_statement
-                source, params = f"UNNEST({unnest})", [list(column) for column in zip(*values, strict=True)]
+                source, params = f"UNNEST({unnest})", _transposed(values)
             else:
                 source, params = f"(VALUES {', '.join([row] * len(part))})", [v for r in values for v in r]
             cursor.execute(f"UPDATE {qn(meta.db_table)} AS t SET {assignments} FROM {source} "  # noqa: S608 - metadata
